@@ -100,6 +100,9 @@ func (p *Paths) InstanceConfigDisk(id string) string {
 	return filepath.Join(p.InstanceDir(id), "config.img")
 }
 func (p *Paths) InstanceMemory(id string) string { return filepath.Join(p.InstanceDir(id), "mem") }
+func (p *Paths) InstanceInitrd(id string) string {
+	return filepath.Join(p.InstanceDir(id), "initrd.cpio")
+}
 func (p *Paths) InstanceQMPSocket(id string) string {
 	return filepath.Join(p.InstanceDir(id), "qmp.sock")
 }

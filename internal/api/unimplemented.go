@@ -1,0 +1,125 @@
+package api
+
+import (
+	"context"
+
+	"github.com/hypeman-vm/hypeman/internal/errdefs"
+	"github.com/hypeman-vm/hypeman/internal/oapi"
+)
+
+// notYet is the answer of endpoints this server does not implement yet.
+func notYet(what string) error {
+	return errdefs.Newf(errdefs.ErrNotImplemented, "not_implemented", "%s is not implemented by this server yet", what)
+}
+
+func (s *Server) GetResources(ctx context.Context, _ oapi.GetResourcesRequestObject) (oapi.GetResourcesResponseObject, error) {
+	return nil, notYet("GET /resources")
+}
+
+func (s *Server) UpdateInstance(ctx context.Context, _ oapi.UpdateInstanceRequestObject) (oapi.UpdateInstanceResponseObject, error) {
+	return nil, notYet("PATCH /instances/{id}")
+}
+
+func (s *Server) StandbyInstance(ctx context.Context, _ oapi.StandbyInstanceRequestObject) (oapi.StandbyInstanceResponseObject, error) {
+	return nil, notYet("standby")
+}
+
+func (s *Server) RestoreInstance(ctx context.Context, _ oapi.RestoreInstanceRequestObject) (oapi.RestoreInstanceResponseObject, error) {
+	return nil, notYet("restore")
+}
+
+func (s *Server) ForkInstance(ctx context.Context, _ oapi.ForkInstanceRequestObject) (oapi.ForkInstanceResponseObject, error) {
+	return nil, notYet("fork")
+}
+
+func (s *Server) StatInstancePath(ctx context.Context, _ oapi.StatInstancePathRequestObject) (oapi.StatInstancePathResponseObject, error) {
+	return nil, notYet("stat")
+}
+
+func (s *Server) GetInstanceStats(ctx context.Context, _ oapi.GetInstanceStatsRequestObject) (oapi.GetInstanceStatsResponseObject, error) {
+	return nil, notYet("stats")
+}
+
+func (s *Server) AttachVolume(ctx context.Context, _ oapi.AttachVolumeRequestObject) (oapi.AttachVolumeResponseObject, error) {
+	return nil, notYet("volumes")
+}
+
+func (s *Server) DetachVolume(ctx context.Context, _ oapi.DetachVolumeRequestObject) (oapi.DetachVolumeResponseObject, error) {
+	return nil, notYet("volumes")
+}
+
+func (s *Server) GetAutoStandbyStatus(ctx context.Context, _ oapi.GetAutoStandbyStatusRequestObject) (oapi.GetAutoStandbyStatusResponseObject, error) {
+	return nil, notYet("auto-standby")
+}
+
+func (s *Server) HoldAutoStandby(ctx context.Context, _ oapi.HoldAutoStandbyRequestObject) (oapi.HoldAutoStandbyResponseObject, error) {
+	return nil, notYet("auto-standby")
+}
+
+func (s *Server) CreateInstanceSnapshot(ctx context.Context, _ oapi.CreateInstanceSnapshotRequestObject) (oapi.CreateInstanceSnapshotResponseObject, error) {
+	return nil, notYet("snapshots")
+}
+
+func (s *Server) RestoreInstanceSnapshot(ctx context.Context, _ oapi.RestoreInstanceSnapshotRequestObject) (oapi.RestoreInstanceSnapshotResponseObject, error) {
+	return nil, notYet("snapshots")
+}
+
+func (s *Server) ListSnapshots(ctx context.Context, _ oapi.ListSnapshotsRequestObject) (oapi.ListSnapshotsResponseObject, error) {
+	return nil, notYet("snapshots")
+}
+
+func (s *Server) GetSnapshot(ctx context.Context, _ oapi.GetSnapshotRequestObject) (oapi.GetSnapshotResponseObject, error) {
+	return nil, notYet("snapshots")
+}
+
+func (s *Server) DeleteSnapshot(ctx context.Context, _ oapi.DeleteSnapshotRequestObject) (oapi.DeleteSnapshotResponseObject, error) {
+	return nil, notYet("snapshots")
+}
+
+func (s *Server) ForkSnapshot(ctx context.Context, _ oapi.ForkSnapshotRequestObject) (oapi.ForkSnapshotResponseObject, error) {
+	return nil, notYet("snapshots")
+}
+
+func (s *Server) GetSnapshotSchedule(ctx context.Context, _ oapi.GetSnapshotScheduleRequestObject) (oapi.GetSnapshotScheduleResponseObject, error) {
+	return nil, notYet("snapshot schedules")
+}
+
+func (s *Server) SetSnapshotSchedule(ctx context.Context, _ oapi.SetSnapshotScheduleRequestObject) (oapi.SetSnapshotScheduleResponseObject, error) {
+	return nil, notYet("snapshot schedules")
+}
+
+func (s *Server) DeleteSnapshotSchedule(ctx context.Context, _ oapi.DeleteSnapshotScheduleRequestObject) (oapi.DeleteSnapshotScheduleResponseObject, error) {
+	return nil, notYet("snapshot schedules")
+}
+
+func (s *Server) ListVolumes(ctx context.Context, _ oapi.ListVolumesRequestObject) (oapi.ListVolumesResponseObject, error) {
+	return nil, notYet("volumes")
+}
+
+func (s *Server) CreateVolume(ctx context.Context, _ oapi.CreateVolumeRequestObject) (oapi.CreateVolumeResponseObject, error) {
+	return nil, notYet("volumes")
+}
+
+func (s *Server) GetVolume(ctx context.Context, _ oapi.GetVolumeRequestObject) (oapi.GetVolumeResponseObject, error) {
+	return nil, notYet("volumes")
+}
+
+func (s *Server) DeleteVolume(ctx context.Context, _ oapi.DeleteVolumeRequestObject) (oapi.DeleteVolumeResponseObject, error) {
+	return nil, notYet("volumes")
+}
+
+func (s *Server) ListIngresses(ctx context.Context, _ oapi.ListIngressesRequestObject) (oapi.ListIngressesResponseObject, error) {
+	return nil, notYet("ingresses")
+}
+
+func (s *Server) CreateIngress(ctx context.Context, _ oapi.CreateIngressRequestObject) (oapi.CreateIngressResponseObject, error) {
+	return nil, notYet("ingresses")
+}
+
+func (s *Server) GetIngress(ctx context.Context, _ oapi.GetIngressRequestObject) (oapi.GetIngressResponseObject, error) {
+	return nil, notYet("ingresses")
+}
+
+func (s *Server) DeleteIngress(ctx context.Context, _ oapi.DeleteIngressRequestObject) (oapi.DeleteIngressResponseObject, error) {
+	return nil, notYet("ingresses")
+}

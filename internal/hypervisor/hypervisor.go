@@ -1,0 +1,159 @@
+// Package hypervisor defines what the instances package needs from a virtual
+// machine monitor, in hypervisor-neutral types. Backends live in
+// subpackages (hypervisor/qemu). The interfaces are small on purpose:
+// optional abilities are separate interfaces discovered by type assertion.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Type names a hypervisor as the API spells it.
+type Type string
+
+// The hypervisor types of the API. Only QEMU can run on hosts without real
+// KVM; the others report why they are unavailable.
+const (
+	QEMU            Type = "qemu"
+	QEMUMicroVM     Type = "qemu-microvm"
+	CloudHypervisor Type = "cloud-hypervisor"
+	Firecracker     Type = "firecracker"
+	VZ              Type = "vz"
+)
+
+// Spec describes one VM to boot.
+type Spec struct {
+	// Name is used in the process title and logs (the instance ID).
+	Name string
+	// VCPUs and MemoryBytes size the guest.
+	VCPUs       int
+	MemoryBytes int64
+	// MemoryFile, when set, backs guest RAM with this file, mapped shared,
+	// so that a snapshot need not copy memory.
+	MemoryFile string
+	// Kernel, Initrd and Cmdline are the direct-boot triple.
+	Kernel  string
+	Initrd  string
+	Cmdline string
+	Disks   []Disk
+	NICs    []NIC
+	// ConsoleLog receives the guest's serial console (appended).
+	ConsoleLog string
+	// Ports are virtio-serial ports.
+	Ports []Port
+	// ControlSocket is the unix socket of the monitor.
+	ControlSocket string
+	// PIDFile receives the VMM's pid.
+	PIDFile string
+	// VMMLog receives the VMM process's own stdout and stderr.
+	VMMLog string
+	// Accel is "kvm" or "tcg".
+	Accel string
+}
+
+// DiskFormat is the format of a disk image file.
+type DiskFormat string
+
+// Disk formats.
+const (
+	FormatRaw   DiskFormat = "raw"
+	FormatQCOW2 DiskFormat = "qcow2"
+)
+
+// Disk is a virtio block device.
+type Disk struct {
+	Path     string
+	Format   DiskFormat
+	ReadOnly bool
+	// Serial lets the guest find the disk by role.
+	Serial string
+}
+
+// NIC is a virtio network device on a host TAP.
+type NIC struct {
+	TAP string
+	MAC string
+}
+
+// PortKind says where a virtio-serial port's host side goes.
+type PortKind int
+
+// Port kinds.
+const (
+	// PortFile appends everything the guest writes to a file.
+	PortFile PortKind = iota
+	// PortSocket is a unix socket the VMM listens on.
+	PortSocket
+)
+
+// Port is a named virtio-serial port.
+type Port struct {
+	Name string
+	Kind PortKind
+	Path string
+}
+
+// Status is what the VMM says about its guest.
+type Status string
+
+// VM statuses.
+const (
+	StatusRunning  Status = "running"
+	StatusPaused   Status = "paused"
+	StatusShutdown Status = "shutdown"
+	StatusOther    Status = "other"
+)
+
+// ErrNotRunning is returned when the VM process is gone.
+var ErrNotRunning = errors.New("hypervisor: VM process is not running")
+
+// Hypervisor starts VMs and finds VMs started earlier (possibly by another
+// daemon process).
+type Hypervisor interface {
+	// Type returns the backend's type.
+	Type() Type
+	// Start boots a VM described by spec and returns once the VMM answers
+	// on its control socket. The VM process does not depend on the caller:
+	// it outlives the daemon.
+	Start(ctx context.Context, spec Spec) (VM, error)
+	// Attach finds the VM started with spec, from its pid file and control
+	// socket. It returns ErrNotRunning when that VM no longer runs.
+	Attach(ctx context.Context, spec Spec) (VM, error)
+}
+
+// VM is a running VM process.
+type VM interface {
+	// PID of the VMM process.
+	PID() int
+	// Status asks the VMM for the guest's status.
+	Status(ctx context.Context) (Status, error)
+	// RequestShutdown asks the guest to shut down gracefully. It does not wait.
+	RequestShutdown(ctx context.Context) error
+	// Kill ends the VMM at once.
+	Kill() error
+	// Wait blocks until the VMM process has exited or ctx ends.
+	Wait(ctx context.Context) error
+	// Exited reports whether the VMM process has exited.
+	Exited() bool
+}
+
+// Stop asks vm to shut down gracefully, waits up to timeout, and kills it
+// if it is still running then. It returns once the process is gone.
+func Stop(ctx context.Context, vm VM, timeout time.Duration) error {
+	if timeout > 0 {
+		if err := vm.RequestShutdown(ctx); err == nil {
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			err := vm.Wait(wctx)
+			cancel()
+			if err == nil {
+				return nil
+			}
+		}
+	}
+	if err := vm.Kill(); err != nil && !errors.Is(err, ErrNotRunning) {
+		return err
+	}
+	return vm.Wait(ctx)
+}
