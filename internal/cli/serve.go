@@ -64,7 +64,7 @@ func (a *app) setupCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.out, "kernel %s\nvmlinuz %s\ninitrd %s\n", bf.KernelVersion, bf.Kernel, bf.Initrd)
+			fmt.Fprintf(a.out, "kernel %s\nvmlinuz %s\nmodules %s\ninitrd %s\n", bf.KernelVersion, bf.Kernel, bf.ModulesDir, bf.Initrd)
 			return nil
 		},
 	}

@@ -119,7 +119,7 @@ func (d *Daemon) bootFiles(ctx context.Context) (instances.BootFiles, error) {
 	if err != nil {
 		return instances.BootFiles{}, err
 	}
-	return instances.BootFiles{Kernel: k.Vmlinuz, Initrd: initrd, KernelVersion: k.Version}, nil
+	return instances.BootFiles{Kernel: k.Vmlinuz, Initrd: initrd, KernelVersion: k.Version, ModulesDir: k.ModulesDir}, nil
 }
 
 // accel picks the accelerator: the configured one, or what a probe VM shows.

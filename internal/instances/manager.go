@@ -67,6 +67,9 @@ type BootFiles struct {
 	Kernel        string
 	Initrd        string
 	KernelVersion string
+	// ModulesDir is where the kernel's modules were taken from (reported
+	// by `hypeman setup`; VMs get their modules from the initramfs).
+	ModulesDir string
 	// Cmdline is appended to the kernel command line.
 	Cmdline string
 }
