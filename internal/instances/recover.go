@@ -55,8 +55,9 @@ func (m *Manager) recoverOne(ctx context.Context, id string) (tap string, err er
 		m.watch(id, vm, meta.Boot, m.programStarted(id))
 		return meta.Network.TAP, nil
 	}
-	if _, err := os.Stat(m.paths.InstancePIDFile(id)); err == nil {
-		// The VM ended while no daemon was watching.
+	if meta.StartedAt != nil && meta.StoppedAt == nil {
+		// The VM ended while no daemon was watching. (QEMU removes its
+		// pid file when it exits, so the metadata is what tells.)
 		start := time.Now()
 		err := m.finalizeStopped(ctx, meta, nil, false)
 		m.opLog(id, "exit", start, err, exitDetail(meta)+" (found at daemon start)")

@@ -135,7 +135,7 @@ func httpGet(url string, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
 	var lastErr error
 	for time.Now().Before(deadline) {
-		c := &http.Client{Timeout: 3 * time.Second}
+		c := &http.Client{Timeout: 10 * time.Second}
 		resp, err := c.Get(url)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)

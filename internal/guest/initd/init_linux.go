@@ -144,8 +144,12 @@ func cmdlineHas(word string) bool {
 }
 
 // powerOff flushes file systems and powers the VM off. It never returns.
+// The console is silenced first so the kernel's "Power down" line does not
+// end up in the program's log.
 func powerOff() {
 	unix.Sync()
+	const syslogActionConsoleOff = 6
+	_, _ = unix.Klogctl(syslogActionConsoleOff, nil)
 	for {
 		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		time.Sleep(time.Second)
