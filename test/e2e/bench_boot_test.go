@@ -413,6 +413,7 @@ func reportBoots(b *testing.B, api []apiBoot, bare []bareBoot) {
 	fmt.Fprintf(&lines, "\n%4s %9s %9s %9s %9s %9s %9s %9s %9s %7s", "iter", "api-ms", "post-ms", "create-ms",
 		"detect-ms", "bare-ms", "qmp-ms", "prep-ms", "detect-ms", "ratio")
 	var apiT, bareT, postT, createT, qmpT, prepT []time.Duration
+	var ratios []float64
 	for i := range api {
 		a, r := api[i], bare[i]
 		fmt.Fprintf(&lines, "\n%4d %9s %9s %9s %9s %9s %9s %9s %9s %7.3f", i, ms(a.total), ms(a.post), ms(a.create),
@@ -420,6 +421,7 @@ func reportBoots(b *testing.B, api []apiBoot, bare []bareBoot) {
 		apiT, bareT = append(apiT, a.total), append(bareT, r.total)
 		postT, createT = append(postT, a.post), append(createT, a.create)
 		qmpT, prepT = append(qmpT, r.qmp), append(prepT, r.prep)
+		ratios = append(ratios, float64(a.total)/float64(r.total))
 	}
 	b.Logf("boots (API then bare, alternating):%s", lines.String())
 	apiP50, bareP50 := median(apiT), median(bareT)
@@ -427,17 +429,18 @@ func reportBoots(b *testing.B, api []apiBoot, bare []bareBoot) {
 	b.ReportMetric(msf(apiP50), "api-p50-ms")
 	b.ReportMetric(msf(bareP50), "bare-p50-ms")
 	b.ReportMetric(float64(apiP50)/float64(bareP50), "ratio-p50")
+	b.ReportMetric(median(ratios), "pair-ratio-p50")
 	b.ReportMetric(msf(median(postT)), "api-post-p50-ms")
 	b.ReportMetric(msf(median(createT)), "api-create-p50-ms")
 	b.ReportMetric(msf(median(qmpT)), "bare-qmp-p50-ms")
 	b.ReportMetric(msf(median(prepT)), "bare-prep-p50-ms")
 }
 
-func median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
+func median[T time.Duration | float64](xs []T) T {
+	if len(xs) == 0 {
 		return 0
 	}
-	s := slices.Clone(ds)
+	s := slices.Clone(xs)
 	slices.Sort(s)
 	if len(s)%2 == 1 {
 		return s[len(s)/2]
