@@ -59,8 +59,9 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 
 func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
-	if status == http.StatusConflict {
-		// Our conflicts are deterministic: tell the SDK not to retry them.
+	if status == http.StatusConflict || status == http.StatusNotImplemented {
+		// Deterministic answers: tell the SDK (which retries 409 and 5xx)
+		// that retrying cannot help.
 		w.Header().Set("X-Should-Retry", "false")
 	}
 	w.WriteHeader(status)

@@ -140,20 +140,24 @@ type VM interface {
 }
 
 // Stop asks vm to shut down gracefully, waits up to timeout, and kills it
-// if it is still running then. It returns once the process is gone.
-func Stop(ctx context.Context, vm VM, timeout time.Duration) error {
+// if it is still running then (at once when timeout is 0). It returns once
+// the process is gone, and whether it had to be killed.
+func Stop(ctx context.Context, vm VM, timeout time.Duration) (killed bool, err error) {
 	if timeout > 0 {
 		if err := vm.RequestShutdown(ctx); err == nil {
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			err := vm.Wait(wctx)
 			cancel()
 			if err == nil {
-				return nil
+				return false, nil
 			}
 		}
 	}
-	if err := vm.Kill(); err != nil && !errors.Is(err, ErrNotRunning) {
-		return err
+	if err := vm.Kill(); err != nil {
+		if !errors.Is(err, ErrNotRunning) {
+			return false, err
+		}
+		return false, vm.Wait(ctx) // it ended by itself meanwhile
 	}
-	return vm.Wait(ctx)
+	return true, vm.Wait(ctx)
 }

@@ -323,7 +323,8 @@ func TestCreateFallsBackToLocalImage(t *testing.T) {
 	if err != nil || got.Digest != want.Digest || got.Status != StatusReady {
 		t.Fatalf("Create of a local-only image = %+v, %v", got, err)
 	}
-	if _, err := m.Create(ctx, CreateRequest{Name: "127.0.0.1:1/other:v1"}); !errors.Is(err, errdefs.ErrUnavailable) {
-		t.Fatalf("Create of an unknown image on a dead registry = %v, want unavailable", err)
+	_, err = m.Create(ctx, CreateRequest{Name: "127.0.0.1:1/other:v1"})
+	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(errdefs.Message(err), "cannot be reached (dial 127.0.0.1:1: connect: connection refused)") {
+		t.Fatalf("Create of an unknown image on a dead registry = %v, want not_found naming the unreachable registry", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -246,14 +247,26 @@ func (m *Manager) resolve(ctx context.Context, r ref) (v1.Hash, error) {
 
 // registryError classifies an error from a registry: unknown names and
 // manifests (and denied access, which registries use to hide private
-// repositories) are not_found; anything else is unavailable.
+// repositories) are not_found, and so is a registry that cannot be reached
+// at all (the reference cannot be resolved; retrying at once would not
+// help). The message names the cause without Go's error chain.
 func registryError(what string, err error) error {
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {
 		case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:
-			return errdefs.Newf(errdefs.ErrNotFound, "not_found", "image %s not found: %v", what, err)
+			reason := http.StatusText(terr.StatusCode)
+			if len(terr.Errors) > 0 {
+				reason = string(terr.Errors[0].Code)
+			}
+			return errdefs.Newf(errdefs.ErrNotFound, "not_found", "image %s not found (registry said %s)", what, reason)
 		}
+		return fmt.Errorf("images: registry error for %s: %v: %w", what, err, errdefs.ErrUnavailable)
+	}
+	var operr *net.OpError
+	if errors.As(err, &operr) {
+		return errdefs.Newf(errdefs.ErrNotFound, "not_found", "image %s not found: its registry cannot be reached (%s %s: %v)",
+			what, operr.Op, operr.Addr, operr.Err)
 	}
 	return fmt.Errorf("images: registry error for %s: %v: %w", what, err, errdefs.ErrUnavailable)
 }

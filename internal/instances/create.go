@@ -125,7 +125,7 @@ func (m *Manager) sizeField(field, code, s string, def, max, min int64) (int64, 
 	}
 	n, err := datasize.Parse(s)
 	if err != nil {
-		return 0, errdefs.Newf(errdefs.ErrInvalidArgument, code, "invalid %s %q: %v", field, s, err)
+		return 0, errdefs.Newf(errdefs.ErrInvalidArgument, code, "invalid %s %q: use a size such as 512MB or 2GB", field, s)
 	}
 	if n < min {
 		return 0, errdefs.Newf(errdefs.ErrInvalidArgument, code, "%s %s is below the minimum of %s", field, s, datasize.Format(min))

@@ -113,18 +113,12 @@ func (m *Manager) stopVM(ctx context.Context, meta *Metadata, timeout time.Durat
 	m.mu.Unlock()
 	killed := false
 	if rv != nil {
-		if err := hypervisor.Stop(ctx, rv.vm, timeout); err != nil {
+		var err error
+		if killed, err = hypervisor.Stop(ctx, rv.vm, timeout); err != nil {
 			return fmt.Errorf("stop VM: %w", err)
 		}
-		s, _ := m.exitRecorded(meta.ID)
-		killed = !s
 	}
 	return m.finalizeStopped(ctx, meta, rv, killed)
-}
-
-func (m *Manager) exitRecorded(id string) (bool, error) {
-	s, err := parseEvents(m.paths.InstanceEvents(id))
-	return s.Exit != nil, err
 }
 
 // Delete removes an instance in any state: its VM (gracefully first unless

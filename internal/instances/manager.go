@@ -188,11 +188,12 @@ func (m *Manager) view(meta *Metadata) Instance {
 	inst := Instance{Metadata: *meta.clone()}
 	m.mu.Lock()
 	rv := m.vms[meta.ID]
+	started := rv != nil && rv.started
 	m.mu.Unlock()
 	switch {
 	case rv != nil && !rv.vm.Exited():
 		inst.State = StateInitializing
-		if rv.started || m.programStarted(meta.ID) {
+		if started || m.programStarted(meta.ID) {
 			inst.State = StateRunning
 		}
 	default:

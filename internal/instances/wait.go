@@ -43,6 +43,21 @@ func (m *Manager) WaitForState(ctx context.Context, ref string, target State, ti
 			return WaitResult{}, err
 		}
 		if inst.State == target || terminalForWait[inst.State] {
+			// An operation in progress (a delete finalizes the VM as
+			// Stopped, then removes the instance) must finish first:
+			// the waiter sees its outcome, not a step in between.
+			unlock := m.lock(id)
+			inst, err = m.get(id)
+			unlock()
+			if errors.Is(err, errdefs.ErrNotFound) {
+				return WaitResult{}, errdefs.Newf(errdefs.ErrNotFound, "not_found", "instance was deleted while waiting")
+			}
+			if err != nil {
+				return WaitResult{}, err
+			}
+			if inst.State != target && !terminalForWait[inst.State] {
+				continue
+			}
 			return WaitResult{State: inst.State, StateError: inst.StateError}, nil
 		}
 		select {

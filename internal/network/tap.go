@@ -132,8 +132,8 @@ func (m *Manager) DeleteTAP(ctx context.Context, name string) error {
 	return nil
 }
 
-// ListTAPs returns the names, sorted, of the TAPs this package manages: tun/tap
-// links whose name starts with "hm".
+// ListTAPs returns the names, sorted, of the TAPs this manager owns: tun/tap
+// links whose name starts with "hm" and that are enslaved to its bridge.
 func (m *Manager) ListTAPs(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -142,9 +142,18 @@ func (m *Manager) ListTAPs(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network: list links: %w", err)
 	}
+	bridge := 0
+	for _, l := range links {
+		if l.Attrs().Name == m.cfg.BridgeName {
+			bridge = l.Attrs().Index
+		}
+	}
 	var names []string
 	for _, l := range links {
-		if _, ok := l.(*netlink.Tuntap); ok && strings.HasPrefix(l.Attrs().Name, TAPPrefix) {
+		// Only TAPs on our bridge are ours: another daemon in the same
+		// namespace (with its own bridge) owns the others.
+		if _, ok := l.(*netlink.Tuntap); ok && strings.HasPrefix(l.Attrs().Name, TAPPrefix) &&
+			bridge != 0 && l.Attrs().MasterIndex == bridge {
 			names = append(names, l.Attrs().Name)
 		}
 	}

@@ -144,6 +144,10 @@ func TestCleanupOrphans(t *testing.T) {
 	if _, err := m.addTAP(foreign); err != nil {
 		t.Fatal(err)
 	}
+	otherDaemon := "hmotherdaemon1" // our prefix, but not on our bridge: another daemon's
+	if _, err := m.addTAP(otherDaemon); err != nil {
+		t.Fatal(err)
+	}
 
 	got, err := m.ListTAPs(ctx)
 	want := []string{gone1.TAP, gone2.TAP, keep.TAP}
@@ -157,7 +161,7 @@ func TestCleanupOrphans(t *testing.T) {
 	if got, _ := m.ListTAPs(ctx); !slices.Equal(got, []string{keep.TAP}) {
 		t.Fatalf("after cleanup ListTAPs = %v", got)
 	}
-	for _, name := range []string{keep.TAP, "hmveth0", foreign, m.BridgeName()} {
+	for _, name := range []string{keep.TAP, "hmveth0", foreign, otherDaemon, m.BridgeName()} {
 		if _, err := h.LinkByName(name); err != nil {
 			t.Errorf("%s was removed: %v", name, err)
 		}

@@ -162,20 +162,42 @@ func pidfdReadable(fd int) bool {
 	return err == nil && n > 0
 }
 
-// Wait blocks until the process exits or ctx ends.
+// Wait blocks until the process exits or ctx ends. Each call waits on its
+// own duplicate of the pidfd, so that one caller's deadline never wakes
+// another.
 func (v *vm) Wait(ctx context.Context) error {
-	rc, err := v.pidfd.SyscallConn()
+	f, err := v.dupPidfd()
 	if err != nil {
 		return nil // closed: the process was seen to exit
 	}
-	stop := context.AfterFunc(ctx, func() { _ = v.pidfd.SetReadDeadline(time.Now()) })
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Now()) })
 	defer stop()
 	err = rc.Read(func(fd uintptr) bool { return pidfdReadable(int(fd)) })
 	if err != nil && ctx.Err() != nil {
-		_ = v.pidfd.SetReadDeadline(time.Time{})
 		return ctx.Err()
 	}
 	return nil
+}
+
+func (v *vm) dupPidfd() (*os.File, error) {
+	rc, err := v.pidfd.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	return os.NewFile(uintptr(dup), "pidfd"), nil
 }
 
 func (v *vm) Kill() error {
