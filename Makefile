@@ -28,7 +28,7 @@ demo: setup build
 	./scripts/demo.sh
 
 bench: setup build
-	./bin/hypeman bench boot
+	cd test/e2e && go test -run '^$$' -bench BenchmarkBoot -benchtime 6x -count 1 .
 
 clean:
 	rm -rf bin $(GUEST_BIN)
