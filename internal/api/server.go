@@ -10,6 +10,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	middleware "github.com/oapi-codegen/nethttp-middleware"
 
+	"github.com/hypeman-vm/hypeman/internal/agent"
 	"github.com/hypeman-vm/hypeman/internal/auth"
 	"github.com/hypeman-vm/hypeman/internal/images"
 	"github.com/hypeman-vm/hypeman/internal/instances"
@@ -43,18 +44,28 @@ type Deps struct {
 	Verifier     *auth.Verifier
 	Capabilities Capabilities
 	Log          *slog.Logger
+	// TAPStats reads a TAP device's byte counters for GET
+	// /instances/{id}/stats; nil reports zero traffic.
+	TAPStats func(tap string) (rx, tx uint64, err error)
 }
 
 // Server implements oapi.StrictServerInterface.
 type Server struct {
 	Deps
+	// agents finds the guest agent of a Running instance; nil means
+	// Instances.Agent. Tests replace it with a fake guest.
+	agents func(ctx context.Context, ref string) (*agent.Client, instances.Instance, error)
 }
 
 var _ oapi.StrictServerInterface = (*Server)(nil)
 
 // New returns the daemon's whole HTTP handler.
 func New(d Deps) (http.Handler, error) {
-	s := &Server{Deps: d}
+	return (&Server{Deps: d}).handler()
+}
+
+// handler builds the router around s.
+func (s *Server) handler() (http.Handler, error) {
 	swagger, err := oapi.GetSwagger()
 	if err != nil {
 		return nil, err
@@ -76,10 +87,15 @@ func New(d Deps) (http.Handler, error) {
 
 	r := chi.NewRouter()
 	r.Get("/spec.yaml", serveSpec)
-	if d.Registry != nil {
-		r.Handle("/v2", d.Registry)
-		r.Handle("/v2/*", d.Registry)
+	if s.Registry != nil {
+		r.Handle("/v2", s.Registry)
+		r.Handle("/v2/*", s.Registry)
 	}
+	// The WebSocket routes are not in the OpenAPI document: same auth,
+	// no validator.
+	ws := r.With(s.recoverer, s.authenticate)
+	ws.Get("/instances/{id}/exec", s.serveExec)
+	ws.Get("/instances/{id}/cp", s.serveCp)
 	api := chi.NewRouter()
 	api.Use(s.recoverer, s.authenticate, validate)
 	oapi.HandlerWithOptions(strict, oapi.ChiServerOptions{

@@ -42,7 +42,7 @@ func (s *Server) GetCapabilities(ctx context.Context, _ oapi.GetCapabilitiesRequ
 	out.Network.GuestToGuest = true
 	out.Images.Platforms = []string{"linux/amd64"}
 	out.Images.DefaultPlatform = "linux/amd64"
-	out.Features = []string{"instances", "images", "logs"}
+	out.Features = []string{"instances", "images", "logs", "exec"}
 	return oapi.GetCapabilities200JSONResponse(out), nil
 }
 

@@ -32,14 +32,6 @@ func (s *Server) ForkInstance(ctx context.Context, _ oapi.ForkInstanceRequestObj
 	return nil, notYet("fork")
 }
 
-func (s *Server) StatInstancePath(ctx context.Context, _ oapi.StatInstancePathRequestObject) (oapi.StatInstancePathResponseObject, error) {
-	return nil, notYet("stat")
-}
-
-func (s *Server) GetInstanceStats(ctx context.Context, _ oapi.GetInstanceStatsRequestObject) (oapi.GetInstanceStatsResponseObject, error) {
-	return nil, notYet("stats")
-}
-
 func (s *Server) AttachVolume(ctx context.Context, _ oapi.AttachVolumeRequestObject) (oapi.AttachVolumeResponseObject, error) {
 	return nil, notYet("volumes")
 }

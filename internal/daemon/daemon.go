@@ -182,6 +182,7 @@ func runtimes(accel string) []api.Runtime {
 		rt := api.Runtime{Name: string(t), Features: []string{}}
 		if t == hypervisor.QEMU {
 			rt.Available, rt.Accelerator = true, accel
+			rt.Features = []string{"pause", "snapshots"}
 		} else {
 			rt.Reason = unavailable[t]
 		}
@@ -203,6 +204,7 @@ func (d *Daemon) initAPI(ctx context.Context) error {
 	d.handler, err = api.New(api.Deps{
 		Instances: d.instances, Images: d.images, Registry: reg, Verifier: verifier,
 		Capabilities: d.capabilities, Log: d.log.With("component", "api"),
+		TAPStats: d.net.TAPStats,
 	})
 	return err
 }

@@ -6,7 +6,11 @@
 //   - events: the JSON-lines records the guest writes to the events port
 //     (boot markers, the program's exit status) and the host parses.
 //   - initd: the guest's PID 1 (run by cmd/hypeman-guest).
+//   - agentd: the guest agent (the same binary, started by init as
+//     "hypeman-agent"): exec, cp, stat, shutdown and identity calls from
+//     the host over the agent port.
 //
 // Host packages may import vmconfig and events; nothing on the host imports
-// initd, and initd imports nothing from the host side.
+// initd or agentd, and they import nothing from the host side but the
+// shared protocol (internal/agent/proto).
 package guest

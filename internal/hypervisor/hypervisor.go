@@ -51,6 +51,11 @@ type Spec struct {
 	VMMLog string
 	// Accel is "kvm" or "tcg".
 	Accel string
+	// MemoryPrivate maps MemoryFile privately (copy-on-write): the guest's
+	// writes never reach the file. Clones of one memory snapshot use it.
+	MemoryPrivate bool
+	// Incoming starts the VMM waiting for a saved state (Restore sets it).
+	Incoming bool
 }
 
 // DiskFormat is the format of a disk image file.
@@ -106,6 +111,21 @@ const (
 	StatusOther    Status = "other"
 )
 
+// Snapshotter is a VM whose state can be saved; the VM's hypervisor then
+// implements Restorer.
+type Snapshotter interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// SaveState writes the device state (and any RAM not in a shared
+	// memory file) to path, atomically. The VM should be paused.
+	SaveState(ctx context.Context, path string) error
+}
+
+// Restorer starts a VM from a saved state. The VM is left paused.
+type Restorer interface {
+	Restore(ctx context.Context, spec Spec, statePath string) (VM, error)
+}
+
 // ErrNotRunning is returned when the VM process is gone.
 var ErrNotRunning = errors.New("hypervisor: VM process is not running")
 
@@ -139,12 +159,16 @@ type VM interface {
 	Exited() bool
 }
 
-// Stop asks vm to shut down gracefully, waits up to timeout, and kills it
-// if it is still running then (at once when timeout is 0). It returns once
-// the process is gone, and whether it had to be killed.
-func Stop(ctx context.Context, vm VM, timeout time.Duration) (killed bool, err error) {
+// Stop asks the guest to shut down gracefully with request (nil means
+// vm.RequestShutdown), waits up to timeout, and kills the VM if it is still
+// running then (at once when timeout is 0). It returns once the process is
+// gone, and whether it had to be killed.
+func Stop(ctx context.Context, vm VM, timeout time.Duration, request func(context.Context) error) (killed bool, err error) {
+	if request == nil {
+		request = vm.RequestShutdown
+	}
 	if timeout > 0 {
-		if err := vm.RequestShutdown(ctx); err == nil {
+		if err := request(ctx); err == nil {
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			err := vm.Wait(wctx)
 			cancel()

@@ -236,6 +236,7 @@ func (m *Manager) startVM(ctx context.Context, meta *Metadata, img Image) error 
 	now := time.Now().UTC()
 	meta.StartedAt, meta.StoppedAt = &now, nil
 	meta.ExitCode, meta.ExitMessage = nil, ""
+	meta.ProgramStartedAt, meta.AgentReadyAt = nil, nil
 	meta.KernelVersion = m.cfg.Boot.KernelVersion
 	if hv, ok := m.hvs[hypervisor.Type(meta.Hypervisor)].(interface{ Accel() string }); ok {
 		meta.Accel = hv.Accel()

@@ -74,7 +74,10 @@ func TestCreateSavesMetadataAndSpec(t *testing.T) {
 	if spec.VCPUs != 2 || spec.MemoryBytes != 128<<20 {
 		t.Errorf("spec VCPUs %d memory %d", spec.VCPUs, spec.MemoryBytes)
 	}
-	if want := []hypervisor.Port{{Name: "hypeman.events", Kind: hypervisor.PortFile, Path: e.paths.InstanceEvents(id)}}; !reflect.DeepEqual(spec.Ports, want) {
+	if want := []hypervisor.Port{
+		{Name: "hypeman.events", Kind: hypervisor.PortFile, Path: e.paths.InstanceEvents(id)},
+		{Name: "hypeman.agent", Kind: hypervisor.PortSocket, Path: e.paths.InstanceAgentSocket(id)},
+	}; !reflect.DeepEqual(spec.Ports, want) {
 		t.Errorf("ports %+v, want %+v", spec.Ports, want)
 	}
 	for _, f := range []string{e.paths.InstanceOverlay(id), e.paths.InstanceConfigDisk(id),

@@ -114,11 +114,28 @@ func (m *Manager) stopVM(ctx context.Context, meta *Metadata, timeout time.Durat
 	killed := false
 	if rv != nil {
 		var err error
-		if killed, err = hypervisor.Stop(ctx, rv.vm, timeout); err != nil {
+		request := func(ctx context.Context) error { return m.requestShutdown(ctx, meta, rv) }
+		if killed, err = hypervisor.Stop(ctx, rv.vm, timeout, request); err != nil {
 			return fmt.Errorf("stop VM: %w", err)
 		}
 	}
 	return m.finalizeStopped(ctx, meta, rv, killed)
+}
+
+// requestShutdown asks the guest to stop its program: through the agent
+// when it has one, else (or if the agent does not answer in time) with
+// Ctrl-Alt-Del, which init also turns into a graceful stop.
+func (m *Manager) requestShutdown(ctx context.Context, meta *Metadata, rv *runningVM) error {
+	if !meta.SkipGuestAgent {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		err := m.agentFor(meta.ID).Shutdown(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		m.log.Debug("agent shutdown failed; sending Ctrl-Alt-Del", "id", meta.ID, "err", err)
+	}
+	return rv.vm.RequestShutdown(ctx)
 }
 
 // Delete removes an instance in any state: its VM (gracefully first unless

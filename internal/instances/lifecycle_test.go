@@ -194,7 +194,7 @@ func TestStartStopTransitions(t *testing.T) {
 		t.Errorf("after restart: %+v", inst)
 	}
 	// The new boot's events.log starts empty: the old program_start is gone.
-	if e.m.programStarted(id) {
+	if e.m.bootEvents(id).ProgramStarted {
 		t.Error("program_start of the previous boot still counts")
 	}
 }

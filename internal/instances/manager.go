@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hypeman-vm/hypeman/internal/agent"
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
 	"github.com/hypeman-vm/hypeman/internal/paths"
@@ -102,6 +103,7 @@ type Manager struct {
 	mu      sync.Mutex // guards the fields below
 	locks   map[string]*sync.Mutex
 	vms     map[string]*runningVM
+	agents  map[string]*agent.Client
 	names   map[string]bool // names reserved by creates in flight
 	changed chan struct{}   // closed and replaced on every state change
 	closed  bool
@@ -132,7 +134,7 @@ func New(cfg Config, p *paths.Paths, images ImageSource, nw Network,
 	return &Manager{
 		cfg: cfg, paths: p, images: images, net: nw, hvs: hvs,
 		storage: storage.New(p.OverlayTemplateDir()), log: log,
-		locks: map[string]*sync.Mutex{}, vms: map[string]*runningVM{},
+		locks: map[string]*sync.Mutex{}, vms: map[string]*runningVM{}, agents: map[string]*agent.Client{},
 		names: map[string]bool{}, changed: make(chan struct{}), stop: make(chan struct{}),
 	}, nil
 }
@@ -193,7 +195,7 @@ func (m *Manager) view(meta *Metadata) Instance {
 	switch {
 	case rv != nil && !rv.vm.Exited():
 		inst.State = StateInitializing
-		if started || m.programStarted(meta.ID) {
+		if started {
 			inst.State = StateRunning
 		}
 	default:

@@ -46,6 +46,10 @@ type Metadata struct {
 	StoppedAt   *time.Time `json:"stopped_at,omitempty"`
 	ExitCode    *int       `json:"exit_code,omitempty"`
 	ExitMessage string     `json:"exit_message,omitempty"`
+	// Boot markers of the current boot: when the guest reported that the
+	// program started, and when its agent first answered.
+	ProgramStartedAt *time.Time `json:"program_started_at,omitempty"`
+	AgentReadyAt     *time.Time `json:"agent_ready_at,omitempty"`
 
 	// Boot counts the boots of this instance; a VM watcher only acts on the
 	// boot it was started for.

@@ -52,7 +52,7 @@ func (m *Manager) recoverOne(ctx context.Context, id string) (tap string, err er
 		if err := m.reserveNetwork(ctx, meta); err != nil {
 			m.log.Warn("re-reserve network", "id", id, "err", err)
 		}
-		m.watch(id, vm, meta.Boot, m.programStarted(id))
+		m.watch(id, vm, meta.Boot, m.bootComplete(meta))
 		return meta.Network.TAP, nil
 	}
 	if meta.StartedAt != nil && meta.StoppedAt == nil {

@@ -102,7 +102,7 @@ func TestListFilters(t *testing.T) {
 		Tags: map[string]string{"team": "a"}})
 	e.create(t, "init")
 	runID, err := e.m.Create(context.Background(), CreateRequest{Name: "run", Image: "x",
-		Tags: map[string]string{"team": "a"}})
+		Tags: map[string]string{"team": "a"}, SkipGuestAgent: true})
 	if err != nil {
 		t.Fatal(err)
 	}

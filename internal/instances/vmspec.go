@@ -77,6 +77,7 @@ func (m *Manager) vmSpec(meta *Metadata, img Image) hypervisor.Spec {
 		ConsoleLog: m.paths.InstanceAppLog(id),
 		Ports: []hypervisor.Port{
 			{Name: vmconfig.PortEvents, Kind: hypervisor.PortFile, Path: m.paths.InstanceEvents(id)},
+			{Name: vmconfig.PortAgent, Kind: hypervisor.PortSocket, Path: m.paths.InstanceAgentSocket(id)},
 		},
 		ControlSocket: m.paths.InstanceQMPSocket(id),
 		PIDFile:       m.paths.InstancePIDFile(id),

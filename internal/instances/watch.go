@@ -40,31 +40,87 @@ func (m *Manager) watch(id string, vm hypervisor.VM, boot int, started bool) {
 	}()
 }
 
-// followBoot polls the events file until the program starts or the VM ends.
+// followBoot polls the events file until the boot is complete (the
+// program started and, unless disabled, the agent answers a ping), or the
+// VM ends. It records the boot markers in the metadata.
 func (m *Manager) followBoot(id string, rv *runningVM) {
-	for !rv.started {
-		if m.programStarted(id) {
-			m.mu.Lock()
-			rv.started = true
-			m.mu.Unlock()
-			m.notify()
-			return
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.mu.Lock()
+	started := rv.started
+	m.mu.Unlock()
+	for !started {
+		if s := m.bootEvents(id); s.ProgramStarted && (s.AgentReady || m.skipsAgent(id)) {
+			if m.skipsAgent(id) || m.pingAgent(ctx, id) == nil {
+				m.mu.Lock()
+				rv.started, started = true, true
+				m.mu.Unlock()
+				m.recordBoot(id, rv)
+				m.notify()
+				return
+			}
 		}
 		if rv.vm.Exited() {
 			return
 		}
 		select {
-		case <-m.stop:
+		case <-ctx.Done():
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }
 
-// programStarted reports whether the guest reported program_start.
-func (m *Manager) programStarted(id string) bool {
-	s, err := events.ParseFile(m.paths.InstanceEvents(id))
-	return err == nil && s.ProgramStarted
+func (m *Manager) pingAgent(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return m.agentFor(id).Ping(ctx)
+}
+
+func (m *Manager) skipsAgent(id string) bool {
+	meta, err := loadMetadata(m.paths.InstanceMetadata(id))
+	return err == nil && meta.SkipGuestAgent
+}
+
+// bootEvents parses what the guest reported on its events port.
+func (m *Manager) bootEvents(id string) events.Summary {
+	s, _ := events.ParseFile(m.paths.InstanceEvents(id))
+	return s
+}
+
+// bootComplete reports whether the guest reported a complete boot (used
+// when adopting a VM after a daemon restart: its agent answered then).
+func (m *Manager) bootComplete(meta *Metadata) bool {
+	s := m.bootEvents(meta.ID)
+	return s.ProgramStarted && (s.AgentReady || meta.SkipGuestAgent)
+}
+
+// recordBoot saves the boot markers of rv's boot in the metadata.
+func (m *Manager) recordBoot(id string, rv *runningVM) {
+	unlock := m.lock(id)
+	defer unlock()
+	m.mu.Lock()
+	current := m.vms[id] == rv
+	m.mu.Unlock()
+	meta, err := loadMetadata(m.paths.InstanceMetadata(id))
+	if !current || err != nil || meta.Boot != rv.boot || meta.Creating {
+		return
+	}
+	now := time.Now().UTC()
+	meta.ProgramStartedAt = &now
+	if !meta.SkipGuestAgent {
+		meta.AgentReadyAt = &now
+	}
+	if err := saveMetadata(m.paths.InstanceMetadata(id), meta); err != nil {
+		m.log.Warn("record boot markers", "id", id, "err", err)
+	}
 }
 
 // onExit finalizes a VM that ended on its own.
@@ -133,6 +189,7 @@ func (m *Manager) finalizeStopped(ctx context.Context, meta *Metadata, rv *runni
 	if err := saveMetadata(m.paths.InstanceMetadata(id), meta); err != nil {
 		errs = append(errs, err)
 	}
+	m.dropAgent(id)
 	if rv != nil {
 		m.forgetVM(id, rv)
 	} else {

@@ -473,13 +473,13 @@ check('instance operations on an unknown id are 404', async () => {
 });
 
 check('unimplemented endpoints reach the SDK as 501 not_implemented', async () => {
-  await expectError(noRetry.instances.stats('zzzzzzzzzzzzzzzzzzzzzzzz'), InternalServerError, 501, 'not_implemented');
+  await expectError(noRetry.volumes.list(), InternalServerError, 501, 'not_implemented');
 });
 
 check('a 501 is not retried by the SDK', async () => {
   // A deterministic 501 retried twice costs about 1.5 s of backoff per call.
   const mark = requests.length;
-  await expectError(client.instances.stats('zzzzzzzzzzzzzzzzzzzzzzzz'), InternalServerError, 501, 'not_implemented');
+  await expectError(client.volumes.list(), InternalServerError, 501, 'not_implemented');
   assert.equal(requestsSince(mark).length, 1, 'requests sent for one call');
 });
 

@@ -28,6 +28,8 @@ type guest struct {
 	events  *os.File
 	cfg     vmconfig.Config
 	debug   bool
+	// env is the program's environment, also the agent's.
+	env []string
 }
 
 // trace logs a boot step with the guest's uptime when hypeman.debug=1 is on

@@ -17,12 +17,20 @@ import (
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// supervise starts the program and then acts as the reaper of every process
-// in the VM until the program ends, then powers off.
+// supervise starts the guest agent and the program, then acts as the
+// reaper of every process in the VM until the program ends, then powers
+// off. A graceful stop (SIGINT from Ctrl-Alt-Del, or SIGTERM sent by the
+// agent's shutdown call) sends SIGTERM to the program and SIGKILL after
+// the stop timeout. An agent that dies is started again.
 func (g *guest) supervise() {
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGINT, unix.SIGTERM)
 
+	g.env = programEnv(g.cfg.Env, g.cfg.Hostname, "/root")
+	if dir := g.cfg.WorkingDir; dir != "" {
+		_ = os.MkdirAll(dir, 0o755) // the agent starts there, before the program
+	}
+	agent := g.startAgent()
 	g.trace("start program")
 	pid, err := g.startProgram()
 	if err != nil {
@@ -30,13 +38,20 @@ func (g *guest) supervise() {
 	}
 	g.emit(events.Event{Type: events.TypeProgramStart, PID: pid})
 
-	var killTimer <-chan time.Time
+	var killTimer, agentRestart <-chan time.Time
 	for {
 		select {
 		case s := <-sigs:
 			if s == unix.SIGCHLD {
-				if st, done := reap(pid); done {
-					g.exited(st)
+				for _, c := range reap() {
+					switch c.pid {
+					case pid:
+						g.exited(c.status)
+					case agent:
+						g.logf("guest agent ended (%v); restarting it", c.status)
+						agent = 0
+						agentRestart = time.After(200 * time.Millisecond)
+					}
 				}
 				continue
 			}
@@ -46,22 +61,66 @@ func (g *guest) supervise() {
 			}
 		case <-killTimer:
 			_ = unix.Kill(-pid, unix.SIGKILL)
+		case <-agentRestart:
+			agentRestart = nil
+			agent = g.startAgent()
 		}
 	}
 }
 
-// reap collects every exited child; done reports whether pid was among them.
-func reap(pid int) (status unix.WaitStatus, done bool) {
+type child struct {
+	pid    int
+	status unix.WaitStatus
+}
+
+// reap collects every exited child.
+func reap() []child {
+	var out []child
 	for {
 		var st unix.WaitStatus
 		got, err := unix.Wait4(-1, &st, unix.WNOHANG, nil)
 		if err != nil || got <= 0 {
-			return status, done
+			return out
 		}
-		if got == pid {
-			status, done = st, true
-		}
+		out = append(out, child{pid: got, status: st})
 	}
+}
+
+// AgentName is argv[0] of the guest agent: cmd/hypeman-guest runs the
+// agent when started under this name.
+const AgentName = "hypeman-agent"
+
+// startAgent runs the guest agent (this same binary, through
+// /proc/self/exe, which stays reachable after the switch of root) in its
+// own session, as root, with the program's environment and working
+// directory, the console as stdout and stderr, and the events port as fd 3
+// (it reports agent_ready there). It returns 0 when the agent is disabled
+// or cannot start.
+func (g *guest) startAgent() int {
+	if g.cfg.SkipGuestAgent {
+		return 0
+	}
+	devnull, err := os.Open("/dev/null")
+	if err != nil {
+		return 0
+	}
+	defer devnull.Close()
+	dir := g.cfg.WorkingDir
+	if dir == "" {
+		dir = "/"
+	}
+	files := []*os.File{devnull, g.console, g.console}
+	if g.events != nil {
+		files = append(files, g.events)
+	}
+	p, err := os.StartProcess("/proc/self/exe", []string{AgentName}, &os.ProcAttr{
+		Dir: dir, Env: g.env, Files: files, Sys: &syscall.SysProcAttr{Setsid: true},
+	})
+	if err != nil {
+		g.logf("start guest agent: %v", err)
+		return 0
+	}
+	return p.Pid
 }
 
 func (g *guest) exited(st unix.WaitStatus) {

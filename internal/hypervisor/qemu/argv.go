@@ -51,6 +51,9 @@ func buildArgs(spec hypervisor.Spec) []string {
 		option{flag: "-qmp", value: "unix:" + escapeComma(spec.ControlSocket), props: []prop{{"server", "on"}, {"wait", "off"}}},
 		option{flag: "-pidfile", value: spec.PIDFile},
 	)
+	if spec.Incoming {
+		opts = append(opts, option{flag: "-S"}, option{flag: "-incoming", value: "defer"})
+	}
 	var args []string
 	for _, o := range opts {
 		args = append(args, o.args()...)
@@ -76,8 +79,12 @@ func machineOpts(spec hypervisor.Spec) []option {
 	}
 	if spec.MemoryFile != "" {
 		machine.props = append(machine.props, prop{"memory-backend", "mem"})
+		share := "on"
+		if spec.MemoryPrivate {
+			share = "off"
+		}
 		opts = append(opts, option{flag: "-object", value: "memory-backend-file", props: []prop{
-			{"id", "mem"}, {"size", mem}, {"mem-path", spec.MemoryFile}, {"share", "on"},
+			{"id", "mem"}, {"size", mem}, {"mem-path", spec.MemoryFile}, {"share", share},
 		}})
 	}
 	return append(opts, machine)

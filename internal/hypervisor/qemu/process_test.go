@@ -307,7 +307,7 @@ func ptr[T any](v T) *T { return &v }
 func TestStopGraceful(t *testing.T) {
 	_, spec, vm := startFake(t, modeObey)
 	start := time.Now()
-	killed, err := hypervisor.Stop(testCtx(t), vm, 3*time.Second)
+	killed, err := hypervisor.Stop(testCtx(t), vm, 3*time.Second, nil)
 	if err != nil || killed {
 		t.Fatalf("Stop = killed %v, %v; want a graceful stop", killed, err)
 	}
@@ -326,7 +326,7 @@ func TestStopKillsGuestThatIgnoresShutdown(t *testing.T) {
 	_, spec, vm := startFake(t, modeIgnore)
 	const timeout = 200 * time.Millisecond
 	start := time.Now()
-	killed, err := hypervisor.Stop(testCtx(t), vm, timeout)
+	killed, err := hypervisor.Stop(testCtx(t), vm, timeout, nil)
 	if err != nil || !killed {
 		t.Fatalf("Stop = killed %v, %v; want killed", killed, err)
 	}

@@ -92,6 +92,11 @@ func (m *monitor) execute(ctx context.Context, cmd string, args, out any) error 
 	if _, err := m.conn.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("qmp: %s: %w", cmd, err)
 	}
+	return m.awaitReply(ctx, cmd, id, out)
+}
+
+// awaitReply reads until the reply to request id, skipping events.
+func (m *monitor) awaitReply(ctx context.Context, cmd string, id uint64, out any) error {
 	for {
 		var rep qmpReply
 		if err := m.read(&rep); err != nil {

@@ -1,0 +1,102 @@
+package agentd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hypeman-vm/hypeman/internal/agent/proto"
+)
+
+// The port loop serves one host connection after another: a host that
+// goes away takes its calls' processes with it, and the next host gets a
+// new session on the reopened port.
+func TestLoopServesSessionAfterSession(t *testing.T) {
+	ports := make(chan net.Conn)
+	var opens, readies atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agent{
+		srv: newTestServer(t),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		open: func() (io.ReadWriteCloser, error) {
+			opens.Add(1)
+			select {
+			case p := <-ports:
+				return p, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+		ready: func() { readies.Add(1) },
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.loop(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	connect := func() net.Conn {
+		host, guest := net.Pipe()
+		ports <- guest
+		return host
+	}
+	host := connect()
+	hctx, hcancel := context.WithTimeout(ctx, testTimeout)
+	defer hcancel()
+	sess, err := proto.ClientHandshake(hctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pids := startSleeper(t, sess)
+	host.Close() // the daemon goes away
+	for _, pid := range pids {
+		eventually(t, 5*time.Second, fmt.Sprintf("pid %d to die", pid), func() bool { return gone(pid) })
+	}
+
+	host = connect()
+	sess, err = proto.ClientHandshake(hctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pong proto.Pong
+	if err := result(t, sess, proto.Request{Method: proto.MethodPing}, &pong); err != nil {
+		t.Fatal(err)
+	}
+	if opens.Load() != 2 || readies.Load() != 1 {
+		t.Fatalf("%d opens, %d ready events", opens.Load(), readies.Load())
+	}
+}
+
+func TestLoopRetriesOpen(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs bytes.Buffer
+	var opens atomic.Int32
+	a := &agent{
+		srv:   newTestServer(t),
+		log:   slog.New(newRateLimited(slog.NewTextHandler(&logs, nil), time.Hour)),
+		retry: time.Millisecond,
+		open: func() (io.ReadWriteCloser, error) {
+			if opens.Add(1) == 3 {
+				cancel()
+			}
+			return nil, errors.New("no port")
+		},
+		ready: func() { t.Error("ready without a port") },
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.loop(ctx) }()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("loop did not end")
+	}
+	if n := strings.Count(logs.String(), "open agent port"); n != 1 {
+		t.Fatalf("logged %d times (rate limit):\n%s", n, logs.String())
+	}
+}

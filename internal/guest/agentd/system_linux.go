@@ -1,0 +1,173 @@
+package agentd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hypeman-vm/hypeman/internal/agent/proto"
+)
+
+// hostNameMax is Linux's HOST_NAME_MAX.
+const hostNameMax = 64
+
+// signalInit asks PID 1 to stop the VM: the guest init turns SIGTERM into
+// SIGTERM for the program, SIGKILL after the stop timeout, and a power-off.
+func signalInit() error {
+	return unix.Kill(1, unix.SIGTERM)
+}
+
+func setClock(ns int64) error {
+	ts := unix.NsecToTimespec(ns)
+	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
+}
+
+func (s *Server) shutdown(_ context.Context, st io.ReadWriter, _ *proto.Request) error {
+	if err := s.signalInit(); err != nil {
+		return fmt.Errorf("signal init: %w", err)
+	}
+	return sendResult(st, nil)
+}
+
+// setHostname sets the kernel's hostname, rewrites the hostname file if the
+// image has one, and updates HOSTNAME in the environment of later execs
+// if it is there.
+func (s *Server) setHostname(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+	name := req.Hostname
+	if name == "" || len(name) > hostNameMax {
+		return fmt.Errorf("set_hostname: invalid hostname %q", name)
+	}
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	if err := rewriteIfExists(s.hostnameFile, name+"\n"); err != nil {
+		return err
+	}
+	s.setBaseEnv("HOSTNAME", name)
+	return sendResult(st, nil)
+}
+
+// rewriteIfExists replaces the content of p in place (it may be a bind
+// mount, which a rename could not replace), keeping its mode.
+func rewriteIfExists(p, content string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func (s *Server) setTime(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+	if req.TimeUnixNano <= 0 {
+		return fmt.Errorf("set_time: invalid time %d", req.TimeUnixNano)
+	}
+	if err := s.setClock(req.TimeUnixNano); err != nil {
+		return fmt.Errorf("clock_settime: %w", err)
+	}
+	return sendResult(st, nil)
+}
+
+// addEntropy mixes the host's random bytes into the kernel's pool and
+// credits them: a clone resumes with its parent's pool and must not
+// produce the same "random" numbers as its siblings.
+func (s *Server) addEntropy(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+	if len(req.Entropy) == 0 {
+		return errors.New("add_entropy: no bytes")
+	}
+	if err := addEntropy(req.Entropy); err != nil {
+		return err
+	}
+	return sendResult(st, nil)
+}
+
+// addEntropy uses RNDADDENTROPY, which mixes the bytes in and credits them
+// (struct rand_pool_info: int entropy_count in bits, int buf_size, then
+// the bytes). Without CAP_SYS_ADMIN it falls back to a plain write, which
+// mixes the bytes without crediting them.
+func addEntropy(b []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info := make([]byte, 8+len(b))
+	binary.NativeEndian.PutUint32(info[0:], uint32(len(b)*8))
+	binary.NativeEndian.PutUint32(info[4:], uint32(len(b)))
+	copy(info[8:], b)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errno unix.Errno
+	err = rc.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0])))
+	})
+	if err != nil {
+		return err
+	}
+	if errno == 0 {
+		return nil
+	}
+	if _, err := f.Write(b); err != nil {
+		return fmt.Errorf("add entropy: %w (ioctl: %v)", err, errno)
+	}
+	return nil
+}
+
+func (s *Server) bench(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+	r := req.Bench
+	if r == nil {
+		return errMissing(proto.MethodBench)
+	}
+	if r.Upload {
+		return benchUpload(st, r.Bytes)
+	}
+	return benchDownload(st, r.Bytes)
+}
+
+// benchUpload reads want bytes of Data (or up to an EOF) and answers.
+func benchUpload(st io.ReadWriter, want int64) error {
+	var got int64
+	var buf []byte
+	for got < want {
+		typ, p, err := proto.ReadMsg(st, buf)
+		if err != nil {
+			return err
+		}
+		buf = p
+		if typ == proto.TypeEOF {
+			break
+		}
+		if typ != proto.TypeData {
+			return fmt.Errorf("bench: unexpected frame %q", typ)
+		}
+		got += int64(len(p))
+	}
+	return sendResult(st, nil)
+}
+
+func benchDownload(w io.Writer, n int64) error {
+	buf := make([]byte, chunkSize)
+	for n > 0 {
+		k := min(int64(len(buf)), n)
+		if err := proto.WriteMsg(w, proto.TypeData, buf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return proto.WriteMsg(w, proto.TypeEOF, nil)
+}

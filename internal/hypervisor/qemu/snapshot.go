@@ -1,0 +1,173 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hypeman-vm/hypeman/internal/hypervisor"
+)
+
+// Snapshots use QEMU's migration to a file descriptor. When guest RAM lives
+// in a shared memory-backend-file, the x-ignore-shared capability leaves it
+// out of the stream: the state file holds only device state (a few hundred
+// KB, written in milliseconds), and the RAM file is the memory snapshot.
+
+// Pause stops the guest's vCPUs.
+func (v *vm) Pause(ctx context.Context) error {
+	return v.withMonitor(ctx, func(m *monitor) error { return m.execute(ctx, "stop", nil, nil) })
+}
+
+// Resume restarts the guest's vCPUs.
+func (v *vm) Resume(ctx context.Context) error {
+	return v.withMonitor(ctx, func(m *monitor) error { return m.execute(ctx, "cont", nil, nil) })
+}
+
+// SaveState writes the VM's device state (and RAM that is not in a shared
+// memory file) to path, atomically and durably. The VM should be paused.
+func (v *vm) SaveState(ctx context.Context, path string) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("qemu: save state: %w", err)
+	}
+	defer os.Remove(tmp)
+	defer f.Close()
+	err = v.withMonitor(ctx, func(m *monitor) error {
+		if err := m.setMigrationCaps(ctx, v.spec.MemoryFile != ""); err != nil {
+			return err
+		}
+		if err := m.sendFD(ctx, "statefd", f); err != nil {
+			return err
+		}
+		if err := m.execute(ctx, "migrate", map[string]any{"uri": "fd:statefd"}, nil); err != nil {
+			return err
+		}
+		return m.waitMigration(ctx, "completed")
+	})
+	if err != nil {
+		return fmt.Errorf("qemu: save state: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("qemu: save state: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Restore starts a new QEMU for spec and loads the state saved at
+// statePath into it. The guest is left paused: call Resume. spec must
+// describe the same machine (devices, memory size) as the saved VM; paths
+// (sockets, disks, memory file) may differ.
+func (q *QEMU) Restore(ctx context.Context, spec hypervisor.Spec, statePath string) (hypervisor.VM, error) {
+	f, err := os.Open(statePath)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: restore: %w", err)
+	}
+	defer f.Close()
+	spec.Incoming = true
+	hvm, err := q.Start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	v := hvm.(*vm)
+	err = v.withMonitor(ctx, func(m *monitor) error {
+		if err := m.setMigrationCaps(ctx, spec.MemoryFile != ""); err != nil {
+			return err
+		}
+		if err := m.sendFD(ctx, "statefd", f); err != nil {
+			return err
+		}
+		if err := m.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:statefd"}, nil); err != nil {
+			return err
+		}
+		return m.waitIncoming(ctx)
+	})
+	if err != nil {
+		_ = v.Kill()
+		_ = v.Wait(context.Background())
+		return nil, fmt.Errorf("qemu: restore %s: %w%s", statePath, err, logTail(spec.VMMLog))
+	}
+	return v, nil
+}
+
+func (m *monitor) setMigrationCaps(ctx context.Context, ignoreShared bool) error {
+	caps := []map[string]any{{"capability": "x-ignore-shared", "state": ignoreShared}}
+	return m.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil)
+}
+
+// sendFD passes f to QEMU under name (QMP getfd, with the descriptor as
+// SCM_RIGHTS ancillary data on the monitor socket).
+func (m *monitor) sendFD(ctx context.Context, name string, f *os.File) error {
+	uc, ok := m.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("qmp: getfd needs a unix socket")
+	}
+	m.setDeadline(ctx)
+	id := m.id.Add(1)
+	req := fmt.Sprintf(`{"execute":"getfd","arguments":{"fdname":%q},"id":%d}`+"\n", name, id)
+	if _, _, err := uc.WriteMsgUnix([]byte(req), unix.UnixRights(int(f.Fd())), nil); err != nil {
+		return fmt.Errorf("qmp: getfd: %w", err)
+	}
+	return m.awaitReply(ctx, "getfd", id, nil)
+}
+
+type migrationInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+// waitMigration polls query-migrate until status want, or failure.
+func (m *monitor) waitMigration(ctx context.Context, want string) error {
+	for {
+		var info migrationInfo
+		if err := m.execute(ctx, "query-migrate", nil, &info); err != nil {
+			return err
+		}
+		switch info.Status {
+		case want:
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", info.Status, info.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// waitIncoming waits until an incoming migration has loaded (the VM is
+// then paused, since it was started with -S).
+func (m *monitor) waitIncoming(ctx context.Context) error {
+	for {
+		st, err := m.queryStatus(ctx)
+		if err != nil {
+			return err
+		}
+		switch st.Status {
+		case "paused", "postmigrate", "running":
+			var info migrationInfo
+			if err := m.execute(ctx, "query-migrate", nil, &info); err == nil && info.Status == "failed" {
+				return fmt.Errorf("incoming migration failed: %s", info.ErrorDesc)
+			}
+			return nil
+		case "inmigrate", "prelaunch":
+		default:
+			return fmt.Errorf("incoming migration ended in state %s", st.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
