@@ -37,6 +37,9 @@ func TestDaemonKilledAndRestarted(t *testing.T) {
 		before[in.ID] = in.State
 	}
 
+	if out, code := wsExec(t, d, keeps.ID, sh("echo before"), nil, nil); out != "before\n" || code != 0 {
+		t.Fatalf("exec before the restart: %q %d", out, code)
+	}
 	d.kill()
 	// While no daemon runs, "ends-later" exits (guest uptime passes 30 s).
 	deadline := time.Now().Add(3 * time.Minute)
@@ -75,6 +78,11 @@ func TestDaemonKilledAndRestarted(t *testing.T) {
 	}
 	if body, err := httpGet("http://"+keeps.Network.IP+"/", 30*time.Second); err != nil || body != "hello from hypeman demo\n" {
 		t.Fatalf("keeps-running unreachable after restart: %q %v", body, err)
+	}
+
+	// The guest agent's channel comes back with the new daemon.
+	if out, code := wsExec(t, d, keeps.ID, sh("echo after"), nil, nil); out != "after\n" || code != 0 {
+		t.Fatalf("exec after the restart: %q %d", out, code)
 	}
 
 	var st instance

@@ -110,13 +110,18 @@ func (g *guest) populateRoot() error {
 			return fmt.Errorf("move %s: %w", d, err)
 		}
 	}
-	extra := []struct{ src, dst, fstype, data string }{
-		{"devpts", newRoot + "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"},
-		{"tmpfs", newRoot + "/dev/shm", "tmpfs", "mode=1777"},
-		{"tmpfs", newRoot + "/run", "tmpfs", "mode=0755"},
+	extra := []struct {
+		src, dst, fstype string
+		flags            uintptr
+		data             string
+	}{
+		// Not nodev: the pseudo-terminals are device nodes on it.
+		{"devpts", newRoot + "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"},
+		{"tmpfs", newRoot + "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", newRoot + "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 	}
 	for _, m := range extra {
-		if err := mount(m.src, m.dst, m.fstype, unix.MS_NOSUID|unix.MS_NODEV, m.data); err != nil {
+		if err := mount(m.src, m.dst, m.fstype, m.flags, m.data); err != nil {
 			return err
 		}
 	}
