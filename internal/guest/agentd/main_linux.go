@@ -42,6 +42,9 @@ func Main() {
 		open:  func() (io.ReadWriteCloser, error) { return openPort(vmconfig.PortAgent) },
 		ready: func() { announceReady(ready) },
 	}
+	if port, err := openPort(vmconfig.PortBench); err == nil {
+		go serveRawBench(port)
+	}
 	a.loop(context.Background())
 }
 

@@ -31,6 +31,9 @@ const (
 	PortEvents = "hypeman.events"
 	// PortAgent carries the guest agent protocol.
 	PortAgent = "hypeman.agent"
+	// PortBench exists only in benchmark VMs: the agent moves raw bytes on
+	// it, to measure the channel without any protocol (see agentd).
+	PortBench = "hypeman.bench"
 )
 
 // Config is what the guest init needs to run the instance's program.
