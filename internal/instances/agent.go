@@ -11,27 +11,36 @@ import (
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
 )
 
-// agentFor returns the agent client of instance id, creating it on first
-// use. Clients live as long as the VM: finalizeStopped closes them.
-func (m *Manager) agentFor(id string) *agent.Client {
+// agentFor returns the agent client of instance id's VMM generation gen,
+// creating it on first use. Clients live as long as their VMM:
+// finalizeStopped closes them, and a new generation replaces them.
+func (m *Manager) agentFor(id string, gen int) *agent.Client {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	c, ok := m.agents[id]
-	if !ok {
-		c = agent.New(agent.UnixDialer(m.paths.InstanceAgentSocket(id)), m.log.With("instance", id))
-		m.agents[id] = c
+	if ac, ok := m.agents[id]; ok {
+		if ac.gen == gen {
+			return ac.c
+		}
+		ac.c.Close()
 	}
+	c := agent.New(agent.UnixDialer(m.paths.InstanceAgentSocket(id, gen)), m.log.With("instance", id))
+	m.agents[id] = agentClient{c: c, gen: gen}
 	return c
+}
+
+type agentClient struct {
+	c   *agent.Client
+	gen int
 }
 
 // dropAgent closes and forgets the agent client of id.
 func (m *Manager) dropAgent(id string) {
 	m.mu.Lock()
-	c := m.agents[id]
+	ac, ok := m.agents[id]
 	delete(m.agents, id)
 	m.mu.Unlock()
-	if c != nil {
-		c.Close()
+	if ok {
+		ac.c.Close()
 	}
 }
 
@@ -51,7 +60,7 @@ func (m *Manager) Agent(ctx context.Context, ref string) (*agent.Client, Instanc
 		return nil, inst, errdefs.Newf(errdefs.ErrConflict, "invalid_state",
 			"instance must be running (current state: %s)", inst.State)
 	}
-	return m.agentFor(inst.ID), inst, nil
+	return m.agentFor(inst.ID, inst.VMMGen), inst, nil
 }
 
 // Stats is an instance's resource use as the host sees it.

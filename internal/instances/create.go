@@ -96,7 +96,7 @@ func (m *Manager) validateCreate(req CreateRequest) (*Metadata, error) {
 	meta := &Metadata{
 		ID: cuid.New(), Name: req.Name, Image: req.Image, CreatedAt: time.Now().UTC(),
 		Env: cloneMap(req.Env), Tags: cloneMap(req.Tags), SkipGuestAgent: req.SkipGuestAgent,
-		Entrypoint: req.Entrypoint, Cmd: req.Cmd, Creating: true,
+		Entrypoint: req.Entrypoint, Cmd: req.Cmd, Creating: true, Overlay: "overlay-0.qcow2",
 		Network: NetworkMeta{Enabled: req.NetworkEnabled == nil || *req.NetworkEnabled},
 	}
 	var err error
@@ -179,7 +179,7 @@ func (op *createOp) removeDir(ctx context.Context) {
 }
 
 func (op *createOp) createOverlay(ctx context.Context) error {
-	return op.m.storage.CreateOverlay(ctx, op.m.paths.InstanceOverlay(op.meta.ID), op.meta.OverlayBytes)
+	return op.m.storage.CreateOverlay(ctx, op.m.overlayPath(op.meta), op.meta.OverlayBytes)
 }
 
 func (op *createOp) allocateNetwork(ctx context.Context) error {

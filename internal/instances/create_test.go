@@ -47,7 +47,7 @@ func TestCreateSavesMetadataAndSpec(t *testing.T) {
 	spec := e.hv.lastSpec(t)
 	wantDisks := []hypervisor.Disk{
 		{Path: e.images.rootfs, Format: hypervisor.FormatRaw, ReadOnly: true, Serial: "hm-rootfs"},
-		{Path: e.paths.InstanceOverlay(id), Format: hypervisor.FormatQCOW2, Serial: "hm-overlay"},
+		{Path: e.paths.InstanceOverlay(id, "overlay-0.qcow2"), Format: hypervisor.FormatQCOW2, Serial: "hm-overlay"},
 		{Path: e.paths.InstanceConfigDisk(id), Format: hypervisor.FormatRaw, ReadOnly: true, Serial: "hm-config"},
 	}
 	if !reflect.DeepEqual(spec.Disks, wantDisks) {
@@ -60,8 +60,8 @@ func TestCreateSavesMetadataAndSpec(t *testing.T) {
 		{"name", spec.Name, id},
 		{"memory file", spec.MemoryFile, e.paths.InstanceMemory(id)},
 		{"console log", spec.ConsoleLog, e.paths.InstanceAppLog(id)},
-		{"control socket", spec.ControlSocket, e.paths.InstanceQMPSocket(id)},
-		{"pid file", spec.PIDFile, e.paths.InstancePIDFile(id)},
+		{"control socket", spec.ControlSocket, e.paths.InstanceQMPSocket(id, 0)},
+		{"pid file", spec.PIDFile, e.paths.InstancePIDFile(id, 0)},
 		{"vmm log", spec.VMMLog, e.paths.InstanceVMMLog(id)},
 		{"initrd", spec.Initrd, e.paths.InstanceInitrd(id)},
 		{"kernel", spec.Kernel, "/boot/vmlinuz-test"},
@@ -76,11 +76,11 @@ func TestCreateSavesMetadataAndSpec(t *testing.T) {
 	}
 	if want := []hypervisor.Port{
 		{Name: "hypeman.events", Kind: hypervisor.PortFile, Path: e.paths.InstanceEvents(id)},
-		{Name: "hypeman.agent", Kind: hypervisor.PortSocket, Path: e.paths.InstanceAgentSocket(id)},
+		{Name: "hypeman.agent", Kind: hypervisor.PortSocket, Path: e.paths.InstanceAgentSocket(id, 0)},
 	}; !reflect.DeepEqual(spec.Ports, want) {
 		t.Errorf("ports %+v, want %+v", spec.Ports, want)
 	}
-	for _, f := range []string{e.paths.InstanceOverlay(id), e.paths.InstanceConfigDisk(id),
+	for _, f := range []string{e.paths.InstanceOverlay(id, "overlay-0.qcow2"), e.paths.InstanceConfigDisk(id),
 		e.paths.InstanceMemory(id), e.paths.InstanceEvents(id), e.paths.InstanceInitrd(id)} {
 		if _, err := os.Stat(f); err != nil {
 			t.Errorf("boot file: %v", err)

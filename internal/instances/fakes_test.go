@@ -375,7 +375,7 @@ func (e *env) create(t *testing.T, name string) Instance {
 // vmOf returns the fake VM of the instance's current boot.
 func (e *env) vmOf(t *testing.T, id string) *fakeVM {
 	t.Helper()
-	vm := e.hv.vm(e.paths.InstancePIDFile(id))
+	vm := e.hv.vm(e.paths.InstancePIDFile(id, 0))
 	if vm == nil {
 		t.Fatalf("no VM for %s", id)
 	}

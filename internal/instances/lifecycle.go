@@ -128,7 +128,7 @@ func (m *Manager) stopVM(ctx context.Context, meta *Metadata, timeout time.Durat
 func (m *Manager) requestShutdown(ctx context.Context, meta *Metadata, rv *runningVM) error {
 	if !meta.SkipGuestAgent {
 		actx, cancel := context.WithTimeout(ctx, time.Second)
-		err := m.agentFor(meta.ID).Shutdown(actx)
+		err := m.agentFor(meta.ID, meta.VMMGen).Shutdown(actx)
 		cancel()
 		if err == nil {
 			return nil

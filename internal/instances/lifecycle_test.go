@@ -41,7 +41,7 @@ func TestStateDerivation(t *testing.T) {
 	if inst.Network.TAP != "" || !slices.Equal(e.net.releasedTAPs(), []string{"hmtap1"}) {
 		t.Errorf("network not released: meta %+v, released %v", inst.Network, e.net.releasedTAPs())
 	}
-	for _, f := range []string{e.paths.InstanceMemory(id), e.paths.InstancePIDFile(id)} {
+	for _, f := range []string{e.paths.InstanceMemory(id), e.paths.InstancePIDFile(id, 0)} {
 		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left after exit: %v", f, err)
 		}

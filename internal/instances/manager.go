@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hypeman-vm/hypeman/internal/agent"
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
 	"github.com/hypeman-vm/hypeman/internal/paths"
@@ -103,7 +102,7 @@ type Manager struct {
 	mu      sync.Mutex // guards the fields below
 	locks   map[string]*sync.Mutex
 	vms     map[string]*runningVM
-	agents  map[string]*agent.Client
+	agents  map[string]agentClient
 	names   map[string]bool // names reserved by creates in flight
 	changed chan struct{}   // closed and replaced on every state change
 	closed  bool
@@ -134,7 +133,7 @@ func New(cfg Config, p *paths.Paths, images ImageSource, nw Network,
 	return &Manager{
 		cfg: cfg, paths: p, images: images, net: nw, hvs: hvs,
 		storage: storage.New(p.OverlayTemplateDir()), log: log,
-		locks: map[string]*sync.Mutex{}, vms: map[string]*runningVM{}, agents: map[string]*agent.Client{},
+		locks: map[string]*sync.Mutex{}, vms: map[string]*runningVM{}, agents: map[string]agentClient{},
 		names: map[string]bool{}, changed: make(chan struct{}), stop: make(chan struct{}),
 	}, nil
 }

@@ -62,6 +62,26 @@ type Metadata struct {
 	// Creating is true until create finished; a daemon that finds it set at
 	// startup rolls the half-made instance back.
 	Creating bool `json:"creating,omitempty"`
+
+	// Overlay is the file name, in the instance dir, of the writable
+	// overlay disk. Its backing file is an empty ext4 template, or a frozen
+	// layer (layers/<id>.qcow2) when the disk was forked or snapshotted.
+	Overlay string `json:"overlay"`
+	// MemoryBase, when set, is the frozen memory file (memory/<id>.mem)
+	// whose private copy-on-write view is this instance's RAM; when empty,
+	// the RAM is the instance's own file (mem), mapped shared.
+	MemoryBase string `json:"memory_base,omitempty"`
+	// VMMGen numbers the VMM processes of this instance; its files
+	// (sockets, pid file) carry the number.
+	VMMGen int `json:"vmm_gen"`
+	// Pending names an operation in progress ("standby", "restore",
+	// "fork"); a daemon that finds it set at startup settles it.
+	Pending string `json:"pending,omitempty"`
+}
+
+// overlayPath is the instance's current overlay disk.
+func (m *Manager) overlayPath(meta *Metadata) string {
+	return m.paths.InstanceOverlay(meta.ID, meta.Overlay)
 }
 
 // NetworkMeta is the instance's network allocation, kept while a VM runs.
@@ -85,6 +105,9 @@ func loadMetadata(path string) (*Metadata, error) {
 	}
 	if m.SchemaVersion != metadataVersion {
 		return nil, fmt.Errorf("metadata %s: schema version %d, want %d", path, m.SchemaVersion, metadataVersion)
+	}
+	if m.Overlay == "" {
+		m.Overlay = "overlay.qcow2" // instances made before overlays were named
 	}
 	return &m, nil
 }

@@ -73,8 +73,8 @@ func (m *Manager) attach(ctx context.Context, meta *Metadata) hypervisor.VM {
 		return nil
 	}
 	vm, err := hv.Attach(ctx, hypervisor.Spec{
-		ControlSocket: m.paths.InstanceQMPSocket(meta.ID),
-		PIDFile:       m.paths.InstancePIDFile(meta.ID),
+		ControlSocket: m.paths.InstanceQMPSocket(meta.ID, meta.VMMGen),
+		PIDFile:       m.paths.InstancePIDFile(meta.ID, meta.VMMGen),
 	})
 	if err != nil {
 		return nil

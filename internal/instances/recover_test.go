@@ -126,7 +126,7 @@ func TestRecoverRollsBackInterruptedCreate(t *testing.T) {
 				Enabled: true, IP: "10.100.0.9", Prefix: 24, Gateway: "10.100.0.1", MAC: "02:00:00:00:00:09", TAP: "hmtap9"}})
 			var vm *fakeVM
 			if tt.vmRunning {
-				vm = e.hv.addVM(e.paths.InstancePIDFile(id))
+				vm = e.hv.addVM(e.paths.InstancePIDFile(id, 0))
 			}
 			keep := e.restart(t)
 			if len(keep) != 0 {

@@ -60,7 +60,7 @@ func mergeEnv(image, instance map[string]string) []string {
 
 // vmSpec describes the VM of meta for the hypervisor.
 func (m *Manager) vmSpec(meta *Metadata, img Image) hypervisor.Spec {
-	id := meta.ID
+	id, gen := meta.ID, meta.VMMGen
 	spec := hypervisor.Spec{
 		Name:        id,
 		VCPUs:       meta.VCPUs,
@@ -71,20 +71,23 @@ func (m *Manager) vmSpec(meta *Metadata, img Image) hypervisor.Spec {
 		Cmdline:     strings.TrimSpace("console=ttyS0 panic=-1 quiet loglevel=3 " + m.cfg.Boot.Cmdline),
 		Disks: []hypervisor.Disk{
 			{Path: img.RootfsPath, Format: hypervisor.FormatRaw, ReadOnly: true, Serial: vmconfig.SerialRootfs},
-			{Path: m.paths.InstanceOverlay(id), Format: hypervisor.FormatQCOW2, Serial: vmconfig.SerialOverlay},
+			{Path: m.overlayPath(meta), Format: hypervisor.FormatQCOW2, Serial: vmconfig.SerialOverlay},
 			{Path: m.paths.InstanceConfigDisk(id), Format: hypervisor.FormatRaw, ReadOnly: true, Serial: vmconfig.SerialConfig},
 		},
 		ConsoleLog: m.paths.InstanceAppLog(id),
 		Ports: []hypervisor.Port{
 			{Name: vmconfig.PortEvents, Kind: hypervisor.PortFile, Path: m.paths.InstanceEvents(id)},
-			{Name: vmconfig.PortAgent, Kind: hypervisor.PortSocket, Path: m.paths.InstanceAgentSocket(id)},
+			{Name: vmconfig.PortAgent, Kind: hypervisor.PortSocket, Path: m.paths.InstanceAgentSocket(id, gen)},
 		},
-		ControlSocket: m.paths.InstanceQMPSocket(id),
-		PIDFile:       m.paths.InstancePIDFile(id),
+		ControlSocket: m.paths.InstanceQMPSocket(id, gen),
+		PIDFile:       m.paths.InstancePIDFile(id, gen),
 		VMMLog:        m.paths.InstanceVMMLog(id),
 	}
 	if n := meta.Network; n.Enabled && n.TAP != "" {
 		spec.NICs = []hypervisor.NIC{{TAP: n.TAP, MAC: n.MAC}}
+	}
+	if meta.MemoryBase != "" {
+		spec.MemoryFile, spec.MemoryPrivate = meta.MemoryBase, true
 	}
 	return spec
 }

@@ -81,7 +81,16 @@ func (m *Manager) followBoot(id string, rv *runningVM) {
 func (m *Manager) pingAgent(ctx context.Context, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return m.agentFor(id).Ping(ctx)
+	return m.agentFor(id, m.vmmGen(id)).Ping(ctx)
+}
+
+// vmmGen is the instance's current VMM generation.
+func (m *Manager) vmmGen(id string) int {
+	meta, err := loadMetadata(m.paths.InstanceMetadata(id))
+	if err != nil {
+		return 0
+	}
+	return meta.VMMGen
 }
 
 func (m *Manager) skipsAgent(id string) bool {
@@ -181,7 +190,8 @@ func (m *Manager) finalizeStopped(ctx context.Context, meta *Metadata, rv *runni
 	if err := m.releaseNetwork(ctx, meta); err != nil {
 		errs = append(errs, err)
 	}
-	for _, p := range []string{m.paths.InstancePIDFile(id), m.paths.InstanceQMPSocket(id), m.paths.InstanceMemory(id)} {
+	for _, p := range []string{m.paths.InstancePIDFile(id, meta.VMMGen), m.paths.InstanceQMPSocket(id, meta.VMMGen),
+		m.paths.InstanceAgentSocket(id, meta.VMMGen), m.paths.InstanceMemory(id)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

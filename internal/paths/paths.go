@@ -53,7 +53,7 @@ func New(dataDir string) (*Paths, error) {
 		return nil, fmt.Errorf("paths: data dir %q is not absolute", dataDir)
 	}
 	p := &Paths{root: filepath.Clean(dataDir)}
-	probe := p.InstanceQMPSocket(fmt.Sprintf("%0*d", idLen, 0))
+	probe := p.InstanceQMPSocket(fmt.Sprintf("%0*d", idLen, 0), 99)
 	if len(probe) > maxSocketPath {
 		return nil, fmt.Errorf("paths: data dir %q is too long: socket paths under it would exceed %d bytes", dataDir, maxSocketPath)
 	}
@@ -93,8 +93,10 @@ func (p *Paths) InstanceDir(id string) string { return filepath.Join(p.root, "in
 func (p *Paths) InstanceMetadata(id string) string {
 	return filepath.Join(p.InstanceDir(id), "metadata.json")
 }
-func (p *Paths) InstanceOverlay(id string) string {
-	return filepath.Join(p.InstanceDir(id), "overlay.qcow2")
+
+// InstanceOverlay is the overlay disk called name in the instance dir.
+func (p *Paths) InstanceOverlay(id, name string) string {
+	return filepath.Join(p.InstanceDir(id), name)
 }
 func (p *Paths) InstanceConfigDisk(id string) string {
 	return filepath.Join(p.InstanceDir(id), "config.img")
@@ -103,17 +105,23 @@ func (p *Paths) InstanceMemory(id string) string { return filepath.Join(p.Instan
 func (p *Paths) InstanceInitrd(id string) string {
 	return filepath.Join(p.InstanceDir(id), "initrd.cpio")
 }
-func (p *Paths) InstanceQMPSocket(id string) string {
-	return filepath.Join(p.InstanceDir(id), "qmp.sock")
+
+// VMM files carry a generation, so that a new VMM can start beside the
+// old one (a running instance moving to a new QEMU process).
+func (p *Paths) InstanceQMPSocket(id string, gen int) string {
+	return filepath.Join(p.InstanceDir(id), fmt.Sprintf("qmp-%d.sock", gen))
 }
-func (p *Paths) InstanceAgentSocket(id string) string {
-	return filepath.Join(p.InstanceDir(id), "agent.sock")
+func (p *Paths) InstanceAgentSocket(id string, gen int) string {
+	return filepath.Join(p.InstanceDir(id), fmt.Sprintf("agent-%d.sock", gen))
+}
+func (p *Paths) InstancePIDFile(id string, gen int) string {
+	return filepath.Join(p.InstanceDir(id), fmt.Sprintf("qemu-%d.pid", gen))
+}
+func (p *Paths) InstanceStandbyDir(id string) string {
+	return filepath.Join(p.InstanceDir(id), "standby")
 }
 func (p *Paths) InstanceEvents(id string) string {
 	return filepath.Join(p.InstanceDir(id), "events.log")
-}
-func (p *Paths) InstancePIDFile(id string) string {
-	return filepath.Join(p.InstanceDir(id), "qemu.pid")
 }
 func (p *Paths) InstanceLogsDir(id string) string { return filepath.Join(p.InstanceDir(id), "logs") }
 func (p *Paths) InstanceAppLog(id string) string {
@@ -125,3 +133,12 @@ func (p *Paths) InstanceVMMLog(id string) string {
 func (p *Paths) InstanceHypemanLog(id string) string {
 	return filepath.Join(p.InstanceLogsDir(id), "hypeman.log")
 }
+
+// Shared frozen files and stored snapshots.
+
+func (p *Paths) LayersDir() string            { return filepath.Join(p.root, "layers") }
+func (p *Paths) Layer(id string) string       { return filepath.Join(p.root, "layers", id+".qcow2") }
+func (p *Paths) MemoryDir() string            { return filepath.Join(p.root, "memory") }
+func (p *Paths) MemoryBase(id string) string  { return filepath.Join(p.root, "memory", id+".mem") }
+func (p *Paths) SnapshotsDir() string         { return filepath.Join(p.root, "snapshots") }
+func (p *Paths) SnapshotDir(id string) string { return filepath.Join(p.root, "snapshots", id) }

@@ -17,6 +17,9 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 import Hypeman, {
   APIError,
@@ -26,6 +29,9 @@ import Hypeman, {
   InternalServerError,
   NotFoundError,
 } from '@onkernel/hypeman';
+import { cpFromInstance, cpToInstance } from '@onkernel/hypeman/lib/cp';
+
+import { exec, HandshakeError, openExec } from './exec-client.mjs';
 
 const baseURL = mustEnv('HYPEMAN_BASE_URL');
 const apiKey = mustEnv('HYPEMAN_API_KEY');

@@ -172,12 +172,12 @@ func captureBareBoot(b *testing.B, d *daemon, img string) bareRecipe {
 	}
 	dir := filepath.Join(d.dataDir, "instances", in.ID)
 	r := bareRecipe{instDir: dir, tap: refTAP(b, d, in.ID), base: filepath.Join(d.dataDir, "bench")}
-	r.argv = qemuArgv(b, filepath.Join(dir, "qemu.pid"))
+	r.argv = qemuArgv(b, filepath.Join(dir, "qemu-0.pid"))
 	var err error
 	if r.config, err = os.ReadFile(filepath.Join(dir, "config.img")); err != nil {
 		b.Fatal(err)
 	}
-	r.template = backingFile(b, filepath.Join(dir, "overlay.qcow2"))
+	r.template = backingFile(b, filepath.Join(dir, "overlay-0.qcow2"))
 	fi, err := os.Stat(filepath.Join(dir, "mem"))
 	if err != nil {
 		b.Fatal(err)
@@ -321,7 +321,7 @@ func watchBareBoot(start time.Time, dir string, exited <-chan struct{}) (bareBoo
 	tick := time.NewTicker(benchPoll)
 	defer tick.Stop()
 	for {
-		if res.qmp == 0 && qmpGreets(filepath.Join(dir, "qmp.sock")) {
+		if res.qmp == 0 && qmpGreets(filepath.Join(dir, "qmp-0.sock")) {
 			res.qmp = time.Since(start)
 		}
 		s, err := events.ParseFile(filepath.Join(dir, "events.log"))
@@ -362,7 +362,7 @@ func (r bareRecipe) prepare(b *testing.B, dir string) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		b.Fatal(err)
 	}
-	overlay := filepath.Join(dir, "overlay.qcow2")
+	overlay := filepath.Join(dir, "overlay-0.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", r.template, overlay).CombinedOutput(); err != nil {
 		b.Fatalf("qemu-img create: %v: %s", err, out)
 	}
