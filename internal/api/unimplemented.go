@@ -20,18 +20,6 @@ func (s *Server) UpdateInstance(ctx context.Context, _ oapi.UpdateInstanceReques
 	return nil, notYet("PATCH /instances/{id}")
 }
 
-func (s *Server) StandbyInstance(ctx context.Context, _ oapi.StandbyInstanceRequestObject) (oapi.StandbyInstanceResponseObject, error) {
-	return nil, notYet("standby")
-}
-
-func (s *Server) RestoreInstance(ctx context.Context, _ oapi.RestoreInstanceRequestObject) (oapi.RestoreInstanceResponseObject, error) {
-	return nil, notYet("restore")
-}
-
-func (s *Server) ForkInstance(ctx context.Context, _ oapi.ForkInstanceRequestObject) (oapi.ForkInstanceResponseObject, error) {
-	return nil, notYet("fork")
-}
-
 func (s *Server) AttachVolume(ctx context.Context, _ oapi.AttachVolumeRequestObject) (oapi.AttachVolumeResponseObject, error) {
 	return nil, notYet("volumes")
 }
@@ -46,30 +34,6 @@ func (s *Server) GetAutoStandbyStatus(ctx context.Context, _ oapi.GetAutoStandby
 
 func (s *Server) HoldAutoStandby(ctx context.Context, _ oapi.HoldAutoStandbyRequestObject) (oapi.HoldAutoStandbyResponseObject, error) {
 	return nil, notYet("auto-standby")
-}
-
-func (s *Server) CreateInstanceSnapshot(ctx context.Context, _ oapi.CreateInstanceSnapshotRequestObject) (oapi.CreateInstanceSnapshotResponseObject, error) {
-	return nil, notYet("snapshots")
-}
-
-func (s *Server) RestoreInstanceSnapshot(ctx context.Context, _ oapi.RestoreInstanceSnapshotRequestObject) (oapi.RestoreInstanceSnapshotResponseObject, error) {
-	return nil, notYet("snapshots")
-}
-
-func (s *Server) ListSnapshots(ctx context.Context, _ oapi.ListSnapshotsRequestObject) (oapi.ListSnapshotsResponseObject, error) {
-	return nil, notYet("snapshots")
-}
-
-func (s *Server) GetSnapshot(ctx context.Context, _ oapi.GetSnapshotRequestObject) (oapi.GetSnapshotResponseObject, error) {
-	return nil, notYet("snapshots")
-}
-
-func (s *Server) DeleteSnapshot(ctx context.Context, _ oapi.DeleteSnapshotRequestObject) (oapi.DeleteSnapshotResponseObject, error) {
-	return nil, notYet("snapshots")
-}
-
-func (s *Server) ForkSnapshot(ctx context.Context, _ oapi.ForkSnapshotRequestObject) (oapi.ForkSnapshotResponseObject, error) {
-	return nil, notYet("snapshots")
 }
 
 func (s *Server) GetSnapshotSchedule(ctx context.Context, _ oapi.GetSnapshotScheduleRequestObject) (oapi.GetSnapshotScheduleResponseObject, error) {

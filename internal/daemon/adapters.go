@@ -81,3 +81,24 @@ func (n netAdapter) Release(ctx context.Context, id string, a instances.Allocati
 	n.net.Release(id)
 	return err
 }
+
+func (n netAdapter) AttachTAP(ctx context.Context, a instances.Allocation, up bool) error {
+	na := network.Allocation{IP: a.IP, Prefix: a.Prefix, Gateway: a.Gateway, MAC: a.MAC, TAP: a.TAP}
+	if err := n.net.CreateTAP(ctx, na); err != nil {
+		return err
+	}
+	if !up {
+		return n.net.SetTAPUp(ctx, a.TAP, false)
+	}
+	return nil
+}
+
+func (n netAdapter) DetachTAP(ctx context.Context, tap string) error {
+	return n.net.DeleteTAP(ctx, tap)
+}
+
+func (n netAdapter) SetTAPUp(ctx context.Context, tap string, up bool) error {
+	return n.net.SetTAPUp(ctx, tap, up)
+}
+
+func (n netAdapter) AltTAPName(id string) string { return network.AltTAPName(id) }

@@ -182,7 +182,7 @@ func runtimes(accel string) []api.Runtime {
 		rt := api.Runtime{Name: string(t), Features: []string{}}
 		if t == hypervisor.QEMU {
 			rt.Available, rt.Accelerator = true, accel
-			rt.Features = []string{"pause", "snapshots"}
+			rt.Features = []string{"fork", "pause", "snapshots", "standby"}
 		} else {
 			rt.Reason = unavailable[t]
 		}

@@ -122,8 +122,16 @@ type Snapshotter interface {
 }
 
 // Restorer starts a VM from a saved state. The VM is left paused.
+// StartIncoming and LoadState split Restore in two, so that the VMM can
+// start before the state exists (the old VM still running).
 type Restorer interface {
 	Restore(ctx context.Context, spec Spec, statePath string) (VM, error)
+	StartIncoming(ctx context.Context, spec Spec) (VM, error)
+}
+
+// StateLoader is a VM started with StartIncoming.
+type StateLoader interface {
+	LoadState(ctx context.Context, statePath string) error
 }
 
 // ErrNotRunning is returned when the VM process is gone.

@@ -484,3 +484,8 @@ func (e *env) markStarted(t *testing.T, id string) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+func (f *fakeNet) AttachTAP(ctx context.Context, a Allocation, up bool) error { return nil }
+func (f *fakeNet) DetachTAP(ctx context.Context, tap string) error            { return nil }
+func (f *fakeNet) SetTAPUp(ctx context.Context, tap string, up bool) error    { return nil }
+func (f *fakeNet) AltTAPName(id string) string                                { return "hmalt" + id[:8] }

@@ -60,20 +60,52 @@ func (m *Manager) Start(ctx context.Context, ref string, req StartRequest) (Inst
 	if req.Cmd != nil {
 		meta.Cmd = req.Cmd
 	}
-	err = runSteps(ctx, m.log, "start", []step{
+	err = m.bootFresh(ctx, meta, img)
+	m.opLog(meta.ID, "start", start, err, "")
+	if err != nil {
+		return Instance{}, err
+	}
+	m.notify()
+	return m.view(meta), nil
+}
+
+// bootFresh boots a stopped instance: a fresh network identity, a new
+// config disk, a new VM. On failure the instance is left Stopped.
+func (m *Manager) bootFresh(ctx context.Context, meta *Metadata, img Image) error {
+	err := runSteps(ctx, m.log, "start", []step{
 		{name: "allocate-network", do: func(ctx context.Context) error { return m.allocateNetwork(ctx, meta) },
 			undo: func(ctx context.Context) { _ = m.releaseNetwork(ctx, meta) }},
 		{name: "prepare-boot", do: func(ctx context.Context) error { meta.Boot++; return m.prepareBoot(meta, img) }},
 		{name: "boot-vm", do: func(ctx context.Context) error { return m.startVM(ctx, meta, img) },
 			undo: func(ctx context.Context) { m.killVM(ctx, meta.ID) }},
 	})
-	m.opLog(meta.ID, "start", start, err, "")
 	if err != nil {
 		m.restoreStoppedMeta(meta)
-		return Instance{}, err
 	}
-	m.notify()
-	return m.view(meta), nil
+	return err
+}
+
+// waitBooted waits until the instance's boot is complete (Running).
+func (m *Manager) waitBooted(ctx context.Context, id string) error {
+	for {
+		changed := m.changes()
+		rv := m.currentVM(id)
+		if rv == nil || rv.vm.Exited() {
+			return fmt.Errorf("instance %s stopped while booting", id)
+		}
+		m.mu.Lock()
+		started := rv.started
+		m.mu.Unlock()
+		if started {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // restoreStoppedMeta saves meta as a stopped instance after a failed start.
@@ -147,6 +179,18 @@ func (m *Manager) Delete(ctx context.Context, ref string, graceful bool) error {
 	}
 	unlock := m.lock(id)
 	defer unlock()
+	if err := m.deleteLocked(ctx, id, graceful); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.locks, id)
+	m.mu.Unlock()
+	return nil
+}
+
+// deleteLocked removes instance id; the caller holds its lock (or it is a
+// fork being made, which nobody else can see).
+func (m *Manager) deleteLocked(ctx context.Context, id string, graceful bool) error {
 	meta, err := loadMetadata(m.paths.InstanceMetadata(id))
 	if err == nil {
 		timeout := time.Duration(0)
@@ -162,10 +206,8 @@ func (m *Manager) Delete(ctx context.Context, ref string, graceful bool) error {
 	if err := os.RemoveAll(m.paths.InstanceDir(id)); err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
-	m.mu.Lock()
-	delete(m.locks, id)
-	m.mu.Unlock()
 	m.notify()
+	m.collectGarbage()
 	m.log.Info("instance deleted", "id", id)
 	return nil
 }

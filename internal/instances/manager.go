@@ -53,13 +53,22 @@ type Allocation struct {
 
 // Network allocates guest network identities and their TAP devices.
 type Network interface {
-	// Allocate reserves an address and MAC for the instance and creates its
-	// TAP device.
+	// Allocate reserves an address and MAC for the instance (the same ones
+	// again while it holds them) and creates its TAP device, up.
 	Allocate(ctx context.Context, instanceID string) (Allocation, error)
-	// Reserve re-reserves a known allocation (a VM found running at startup).
+	// Reserve re-reserves a known allocation (found at startup).
 	Reserve(ctx context.Context, instanceID string, a Allocation) error
 	// Release deletes the TAP and frees the address and MAC.
 	Release(ctx context.Context, instanceID string, a Allocation) error
+	// AttachTAP creates the TAP a.TAP on the bridge for an allocation the
+	// instance holds, up or down.
+	AttachTAP(ctx context.Context, a Allocation, up bool) error
+	// DetachTAP deletes a TAP; the address stays reserved.
+	DetachTAP(ctx context.Context, tap string) error
+	// SetTAPUp sets a TAP up or down.
+	SetTAPUp(ctx context.Context, tap string, up bool) error
+	// AltTAPName is the instance's second TAP name, for a VMM switch.
+	AltTAPName(instanceID string) string
 }
 
 // BootFiles are the kernel and initramfs VMs boot.
@@ -106,6 +115,8 @@ type Manager struct {
 	names   map[string]bool // names reserved by creates in flight
 	changed chan struct{}   // closed and replaced on every state change
 	closed  bool
+
+	gcMu sync.Mutex // serializes garbage collection
 
 	watchers sync.WaitGroup
 	stop     chan struct{}
@@ -197,6 +208,8 @@ func (m *Manager) view(meta *Metadata) Instance {
 		if started {
 			inst.State = StateRunning
 		}
+	case hasManifest(m.paths.InstanceStandbyDir(meta.ID)):
+		inst.State, inst.HasSnapshot = StateStandby, true
 	default:
 		inst.State = StateStopped
 	}

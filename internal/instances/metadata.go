@@ -67,6 +67,9 @@ type Metadata struct {
 	// overlay disk. Its backing file is an empty ext4 template, or a frozen
 	// layer (layers/<id>.qcow2) when the disk was forked or snapshotted.
 	Overlay string `json:"overlay"`
+	// Layers are the frozen layers under the overlay, oldest first (IDs
+	// of layers/<id>.qcow2), kept for garbage collection.
+	Layers []string `json:"layers,omitempty"`
 	// MemoryBase, when set, is the frozen memory file (memory/<id>.mem)
 	// whose private copy-on-write view is this instance's RAM; when empty,
 	// the RAM is the instance's own file (mem), mapped shared.
@@ -75,8 +78,10 @@ type Metadata struct {
 	// (sockets, pid file) carry the number.
 	VMMGen int `json:"vmm_gen"`
 	// Pending names an operation in progress ("standby", "restore",
-	// "fork"); a daemon that finds it set at startup settles it.
+	// "freeze", "switch"); a daemon that finds it set at startup settles it.
 	Pending string `json:"pending,omitempty"`
+	// Freeze is the plan of a freeze in progress.
+	Freeze *freezePlan `json:"freeze,omitempty"`
 }
 
 // overlayPath is the instance's current overlay disk.
@@ -122,6 +127,7 @@ func (m *Metadata) clone() *Metadata {
 	c := *m
 	c.Env = cloneMap(m.Env)
 	c.Tags = cloneMap(m.Tags)
+	c.Layers = append([]string(nil), m.Layers...)
 	c.Entrypoint = append([]string(nil), m.Entrypoint...)
 	c.Cmd = append([]string(nil), m.Cmd...)
 	if m.Entrypoint == nil {

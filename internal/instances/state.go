@@ -33,15 +33,20 @@ func ValidState(s string) bool {
 type operation string
 
 const (
-	opStart operation = "start"
-	opStop  operation = "stop"
+	opStart   operation = "start"
+	opStop    operation = "stop"
+	opStandby operation = "standby"
+	opRestore operation = "restore"
 )
 
 // allowedFrom is the one table of which states each operation accepts.
-// Delete accepts every state and is not listed.
+// Delete accepts every state and is not listed; fork has its own rules
+// (fork.go) because Running is allowed only on request.
 var allowedFrom = map[operation][]State{
-	opStart: {StateStopped},
-	opStop:  {StateRunning, StateInitializing},
+	opStart:   {StateStopped},
+	opStop:    {StateRunning, StateInitializing},
+	opStandby: {StateRunning},
+	opRestore: {StateStandby},
 }
 
 // checkTransition returns an invalid_state conflict when op may not run

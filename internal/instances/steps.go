@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 )
 
 // step is one named action of an operation, with an optional undo that
@@ -19,7 +20,10 @@ type step struct {
 // failed step ("create: start-vm: ...") while keeping its class.
 func runSteps(ctx context.Context, log *slog.Logger, op string, steps []step) error {
 	for i, s := range steps {
-		if err := s.do(ctx); err != nil {
+		start := time.Now()
+		err := s.do(ctx)
+		log.Debug("step", "op", op, "step", s.name, "took", time.Since(start), "ok", err == nil)
+		if err != nil {
 			log.Warn("step failed, rolling back", "op", op, "step", s.name, "err", err)
 			undo := context.WithoutCancel(ctx)
 			for j := i - 1; j >= 0; j-- {

@@ -92,6 +92,20 @@ func (m *Manager) vmSpec(meta *Metadata, img Image) hypervisor.Spec {
 	return spec
 }
 
+// writeConfigDisk writes the config disk of meta. A VM restored from
+// memory never reads it, but its device must exist like the source's.
+func (m *Manager) writeConfigDisk(ctx context.Context, meta *Metadata) error {
+	img, err := m.images.ByDigest(ctx, meta.ImageDigest)
+	if err != nil {
+		return err
+	}
+	disk, err := vmconfig.Encode(m.guestConfig(meta, img))
+	if err != nil {
+		return err
+	}
+	return storage.WriteConfigDisk(m.paths.InstanceConfigDisk(meta.ID), disk)
+}
+
 // prepareBoot writes what a fresh boot needs: the config disk, an empty
 // events file, the memory file, and a link to the initramfs (so the file
 // stays while this instance may need it, whatever the boot package prunes).

@@ -224,8 +224,9 @@ func (p *pool) normalize(a Allocation) (Allocation, error) {
 	if a.TAP == "" {
 		a.TAP = TAPName(a.InstanceID)
 	}
-	if a.TAP != TAPName(a.InstanceID) {
-		return a, fmt.Errorf("network: TAP %q of instance %s is not %q: %w", a.TAP, a.InstanceID, TAPName(a.InstanceID), errdefs.ErrInvalidArgument)
+	if a.TAP != TAPName(a.InstanceID) && a.TAP != AltTAPName(a.InstanceID) {
+		return a, fmt.Errorf("network: TAP %q of instance %s is not %q or %q: %w", a.TAP, a.InstanceID,
+			TAPName(a.InstanceID), AltTAPName(a.InstanceID), errdefs.ErrInvalidArgument)
 	}
 	mac, err := net.ParseMAC(a.MAC)
 	if err != nil || len(mac) != 6 || mac[0]&1 != 0 {

@@ -204,3 +204,38 @@ func (m *Manager) TAPStats(name string) (rx, tx uint64, err error) {
 	}
 	return s.RxBytes, s.TxBytes, nil
 }
+
+// SetTAPUp sets the TAP called name up or down. A TAP that is down passes
+// no frames to or from the bridge: a restored fork is kept so until the
+// guest has taken its new MAC and address, so that it can never announce
+// its source's identity on the bridge.
+func (m *Manager) SetTAPUp(ctx context.Context, name string, up bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l, err := m.linkByName(name)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		return fmt.Errorf("network: TAP %s: %w", name, errdefs.ErrNotFound)
+	}
+	if up {
+		err = m.h.LinkSetUp(l)
+	} else {
+		err = m.h.LinkSetDown(l)
+	}
+	if err != nil {
+		return fmt.Errorf("network: set %s up=%v: %w", name, up, err)
+	}
+	return nil
+}
+
+// AltTAPName is a second TAP name for instanceID, used while a running
+// instance moves to a new VMM process: the old one still holds the first.
+func AltTAPName(instanceID string) string {
+	if len(instanceID) > tapIDChars-1 {
+		instanceID = instanceID[:tapIDChars-1]
+	}
+	return TAPPrefix + instanceID + "_"
+}

@@ -11,12 +11,16 @@
 //                     (its command prints "hello from hypeman demo", then
 //                     runs httpd), e.g. 127.0.0.1:PORT/demo:latest
 //
+// The guest agent endpoints are driven too: exec with exec-client.mjs (the
+// reference's WebSocket framing; the TS SDK has no exec helper), cp with the
+// SDK's own lib/cp helpers, stat and stats with the client.
+//
 // Every instance it makes is named "sdk-<run>-..." so a caller can clean up
 // after a failed run. Exit status: 0 when every check passed, 1 otherwise.
 // Run: node test/conformance/conformance.mjs (after npm ci --prefix test/conformance)
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -602,6 +606,409 @@ check('start while Running is 409 invalid_state, not retried', async () => {
   assert.equal(sent.length, 1, `requests sent: ${JSON.stringify(sent)}`);
 }, { needs: RUNNING });
 
+// ---------------------------------------------------------------- guest agent: exec, cp, stat, stats
+//
+// All on the main instance while it is Running (no extra boots). exec uses
+// exec-client.mjs (the reference's framing: the TS SDK has no exec
+// helper); cp uses the SDK's own lib/cp helpers, unmodified.
+
+const cpCfg = { baseURL, apiKey };
+const guestRoot = `/${prefix}`; // where cp writes in the guest
+const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix}-`));
+process.on('exit', () => fs.rmSync(tmpRoot, { recursive: true, force: true }));
+const unknownId = 'zzzzzzzzzzzzzzzzzzzzzzzz';
+
+const sh = (script, extra = {}) => ({ command: ['/bin/sh', '-c', script], ...extra });
+const execMain = (req, opts) => exec(baseURL, apiKey, main.id, req, opts);
+
+// assertExit checks the end of an exec session: exactly one TEXT frame,
+// last, whose only key is exitCode (the Python SDK requires that), then the
+// server closes the socket.
+function assertExit(r, code, output) {
+  const texts = r.frames.filter((f) => !f.binary);
+  assert.equal(texts.length, 1, `one TEXT frame; frames: ${describeFrames(r.frames)}`);
+  assert.equal(r.frames.at(-1), texts[0], 'the exit frame is the last frame');
+  assert.deepEqual(Object.keys(r.exit), ['exitCode'], `exit frame ${texts[0].data}`);
+  if (output !== undefined) assert.equal(r.text, output, 'output');
+  assert.equal(r.exitCode, code, `exit code (output ${JSON.stringify(r.text)})`);
+  assert.notEqual(r.close, null, 'the server closes the socket after the exit frame');
+}
+
+// expectHandshake awaits p (a WebSocket open) and checks that the server
+// refused the upgrade with status and a JSON error body with code.
+async function expectHandshake(p, status, code) {
+  let err;
+  try {
+    const s = await p;
+    s.close();
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err instanceof HandshakeError, `expected a refused upgrade (${status}), got ${err ?? 'an open socket'}`);
+  if (verbose) console.log(`     got ${err.status} ${err.body}`);
+  assert.equal(err.status, status, err.message);
+  const body = JSON.parse(err.body);
+  assert.equal(typeof body.message, 'string', 'error body has a message');
+  if (code !== undefined) assert.equal(body.code, code, err.body);
+  return body;
+}
+
+// expectReject awaits p and checks that it rejected with a message
+// matching re.
+async function expectReject(p, re) {
+  let err;
+  try {
+    await p;
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err, `expected a rejection matching ${re}, but it resolved`);
+  if (verbose) console.log(`     got ${err.message}`);
+  assert.match(String(err.message), re);
+  return err;
+}
+
+function describeFrames(frames) {
+  return frames
+    .map((f) => (f.binary ? `BINARY(${f.data.length})` : `TEXT ${f.data.toString()}`))
+    .join(' | ');
+}
+
+const sha = (b) => createHash('sha256').update(b).digest('hex');
+
+// treeOf describes the tree at dir, keyed by path relative to dir's
+// parent: {type, mode (octal), size, sha256}. With followFileLinks a
+// symlink to a file counts as that file and a symlink to a directory is
+// left out: what cpToInstance copies.
+function treeOf(dir, { followFileLinks = false } = {}) {
+  const out = {};
+  const walk = (abs, rel) => {
+    let st = fs.lstatSync(abs);
+    if (st.isSymbolicLink()) {
+      if (!followFileLinks) {
+        out[rel] = { type: 'symlink', target: fs.readlinkSync(abs) };
+        return;
+      }
+      st = fs.statSync(abs);
+      if (st.isDirectory()) return;
+    }
+    const mode = (st.mode & 0o7777).toString(8);
+    if (st.isDirectory()) {
+      out[rel] = { type: 'dir', mode };
+      for (const name of fs.readdirSync(abs).sort()) walk(path.join(abs, name), `${rel}/${name}`);
+    } else if (st.isFile()) {
+      out[rel] = { type: 'file', mode, size: st.size, sha256: sha(fs.readFileSync(abs)) };
+    } else {
+      out[rel] = { type: 'other' };
+    }
+  };
+  walk(dir, path.basename(dir));
+  return out;
+}
+
+// sameTree compares got (a function returning a treeOf) with want. The
+// SDK's cpFromInstance resolves on the final marker without waiting for
+// the last file's write stream to flush, so retry briefly.
+async function sameTree(got, want) {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const g = got();
+    try {
+      assert.deepEqual(g, want);
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+    }
+    await sleep(100);
+  }
+}
+
+// The local tree cpToInstance copies into the guest.
+const localTree = path.join(tmpRoot, 'src', 'tree');
+const jsonLike = {
+  'data.json': '{"a":1}',
+  // What cp.ts would take for its final marker, were it sent as a message.
+  'end.json': '{"type":"end","final":true}',
+  'array.json': '[1,2,3]',
+};
+
+function makeLocalTree() {
+  const file = (rel, data, mode) => {
+    const p = path.join(localTree, rel);
+    fs.writeFileSync(p, data);
+    fs.chmodSync(p, mode);
+  };
+  fs.mkdirSync(path.join(localTree, 'sub', 'deeper'), { recursive: true });
+  file('big.bin', randomBytes(3 * 1024 * 1024 + 12345), 0o640);
+  // Binary data dense in '{' and '[' bytes: frames of it start with them.
+  const braces = randomBytes(512 * 1024);
+  for (let i = 0; i < braces.length; i++) {
+    if (braces[i] % 3 === 0) braces[i] = 0x7b;
+    else if (braces[i] % 3 === 1) braces[i] = 0x5b;
+  }
+  file('braces.bin', braces, 0o644);
+  file('data.json', jsonLike['data.json'], 0o600);
+  file('end.json', jsonLike['end.json'], 0o644);
+  file('array.json', jsonLike['array.json'], 0o644);
+  file('empty', '', 0o644);
+  file('sub/run.sh', '#!/bin/sh\necho run\n', 0o755);
+  file('sub/deeper/note.txt', 'deep\n', 0o444);
+  fs.symlinkSync('data.json', path.join(localTree, 'link.json')); // copied as content
+  fs.symlinkSync('sub', path.join(localTree, 'dirlink')); // skipped by cpToInstance
+  fs.chmodSync(path.join(localTree, 'sub', 'deeper'), 0o700);
+  fs.chmodSync(path.join(localTree, 'sub'), 0o755);
+  fs.chmodSync(localTree, 0o750);
+}
+
+check('exec: echo hi is "hi\\n", exit 0 (wait_for_agent)', async () => {
+  const r = await execMain(sh('echo hi', { wait_for_agent: 60 }));
+  assertExit(r, 0, 'hi\n');
+}, { needs: RUNNING });
+const EXEC = [...RUNNING, 'exec: echo hi is "hi\\n", exit 0 (wait_for_agent)'];
+
+check('exec: exit 3 is exitCode 3', async () => {
+  assertExit(await execMain(sh('exit 3')), 3, '');
+  assertExit(await execMain(sh('echo fails; exit 3')), 3, 'fails\n');
+}, { needs: EXEC });
+
+check('exec: command is an argv, no shell', async () => {
+  assertExit(await execMain({ command: ['echo', 'a  b', '$HOME', 'c'] }), 0, 'a  b $HOME c\n');
+}, { needs: EXEC });
+
+check('exec: stdout and stderr are merged into BINARY frames', async () => {
+  const r = await execMain(sh('echo out; echo err >&2'));
+  assertExit(r, 0);
+  assert.deepEqual(r.text.split('\n').filter(Boolean).sort(), ['err', 'out'], JSON.stringify(r.text));
+}, { needs: EXEC });
+
+check('exec: stdin frames piped through cat, ended by {"stdin_eof":true}', async () => {
+  const bulk = randomBytes(256 * 1024);
+  const stdin = [
+    Buffer.from('line one\n'),
+    'text frame that is not a control message\n', // TEXT: stdin too
+    '{"not":"control"}\n', // TEXT JSON that is neither resize nor stdin_eof: stdin
+    Buffer.from('{"resize":{"rows":1,"cols":1}}\n'), // BINARY: always stdin
+    Buffer.from('{"stdin_eof":true}\n'), // BINARY: stdin, not the end
+    bulk,
+  ];
+  const want = Buffer.concat(stdin.map((c) => Buffer.from(c)));
+  const r = await execMain({ command: ['cat'] }, { stdin, stdinEOF: true });
+  assertExit(r, 0);
+  assert.equal(r.output.length, want.length, 'bytes echoed');
+  assert.ok(r.output.equals(want), 'cat echoed stdin byte for byte');
+}, { needs: EXEC });
+
+check('exec: no stdin_eof needed by a command that does not read stdin', async () => {
+  // Reference 5.3: the protocol has no EOF message; a caller just waits.
+  assertExit(await execMain(sh('echo x')), 0, 'x\n');
+  assertExit(await execMain(sh('echo x'), { stdin: [Buffer.from('never read\n')] }), 0, 'x\n');
+}, { needs: EXEC });
+
+check('exec: tty sees rows/cols, then a {"resize"} frame', async () => {
+  const r = await execMain(
+    { command: ['/bin/sh', '-c', 'stty size; read x; stty size'], tty: true, rows: 30, cols: 100 },
+    {
+      onOutput: {
+        until: '30 100',
+        then: async (s) => {
+          s.send(JSON.stringify({ resize: { rows: 40, cols: 120 } }), false);
+          s.send(Buffer.from('\n'), true);
+        },
+      },
+    },
+  );
+  assertExit(r, 0);
+  assert.match(r.text, /^30 100\r\n/, 'initial size, with the tty\'s CRLF');
+  assert.match(r.text, /40 120\r\n$/, 'size after the resize');
+}, { needs: EXEC });
+
+check('exec: env and cwd are honoured', async () => {
+  const r = await execMain(sh('echo "$FOO|$BAR"; pwd', { env: { FOO: 'foo value', BAR: 'x=y' }, cwd: '/www' }));
+  assertExit(r, 0, 'foo value|x=y\n/www\n');
+}, { needs: EXEC });
+
+check('exec: a missing program is "Error: ..." and exit 127', async () => {
+  const r = await execMain({ command: [`/nonexistent-${run}`] });
+  assertExit(r, 127);
+  assert.match(r.text, /^Error: .*\r\n$/s, JSON.stringify(r.text));
+}, { needs: EXEC });
+
+check('exec: concurrent sessions each get their own output and exit code', async () => {
+  const rs = await Promise.all(
+    [0, 1, 2, 3, 4].map((i) => execMain(sh(`sleep 0.${i}; echo session-${i}; exit ${i}`))),
+  );
+  rs.forEach((r, i) => assertExit(r, i, `session-${i}\n`));
+}, { needs: EXEC });
+
+check('exec: timeout ends a command that runs too long', async () => {
+  const t0 = Date.now();
+  const r = await execMain({ command: ['sleep', '60'], timeout: 1 });
+  assertExit(r, r.exitCode);
+  assert.notEqual(r.exitCode, 0, `exit code ${r.exitCode}, output ${JSON.stringify(r.text)}`);
+  assert.ok(Date.now() - t0 < 20_000, `took ${Date.now() - t0} ms`);
+  if (verbose) console.log(`     exit ${r.exitCode} output ${JSON.stringify(r.text)}`);
+}, { needs: EXEC });
+
+check('exec: a BINARY first frame gets TEXT {"error"} and a close', async () => {
+  for (const [frame, binary, re] of [
+    [Buffer.from(JSON.stringify(sh('echo hi'))), true, /first message must be JSON text/],
+    ['{not json', false, /invalid JSON/],
+  ]) {
+    const s = await openExec(baseURL, apiKey, main.id);
+    try {
+      s.send(frame, binary);
+      const close = await Promise.race([s.closed, sleep(20_000).then(() => null)]);
+      assert.notEqual(close, null, 'the server closed the socket');
+      assert.equal(s.frames.length, 1, `frames: ${describeFrames(s.frames)}`);
+      assert.equal(s.frames[0].binary, false, 'the error is a TEXT frame');
+      const msg = JSON.parse(s.frames[0].data.toString());
+      assert.deepEqual(Object.keys(msg), ['error']);
+      assert.match(msg.error, re);
+    } finally {
+      s.close();
+    }
+  }
+}, { needs: EXEC });
+
+check('exec on an unknown instance: upgrade refused with 404 not_found', async () => {
+  await expectHandshake(openExec(baseURL, apiKey, unknownId), 404, 'not_found');
+});
+
+check('exec with a wrong API key: upgrade refused with 401', async () => {
+  await expectHandshake(openExec(baseURL, 'not-a-jwt', main.id), 401, 'Unauthorized');
+}, { needs: MAIN });
+
+check('cp: cpToInstance a tree in, cpFromInstance it back, byte for byte', async () => {
+  process.umask(0o022); // the modes cpFromInstance creates are masked by it
+  makeLocalTree();
+  await cpToInstance(cpCfg, { instanceId: main.id, srcPath: localTree, dstPath: `${guestRoot}/tree` });
+  const out = path.join(tmpRoot, 'out-tree');
+  fs.mkdirSync(out);
+  await cpFromInstance(cpCfg, { instanceId: main.id, srcPath: `${guestRoot}/tree`, dstPath: out });
+  const want = treeOf(localTree, { followFileLinks: true });
+  assert.equal(want['tree/link.json']?.sha256, sha(jsonLike['data.json']), 'a file symlink is copied as its target');
+  assert.equal(want['tree/dirlink'], undefined, 'a directory symlink is skipped');
+  await sameTree(() => treeOf(path.join(out, 'tree')), want);
+}, { needs: EXEC });
+const CP = [...EXEC, 'cp: cpToInstance a tree in, cpFromInstance it back, byte for byte'];
+
+check('cp: cpFromInstance of single files (binary, JSON-looking, empty)', async () => {
+  const out = path.join(tmpRoot, 'out-single');
+  fs.mkdirSync(out);
+  for (const name of ['big.bin', 'braces.bin', ...Object.keys(jsonLike), 'empty']) {
+    await cpFromInstance(cpCfg, { instanceId: main.id, srcPath: `${guestRoot}/tree/${name}`, dstPath: out });
+  }
+  await sameTree(() => treeOf(out), {
+    ...Object.fromEntries(Object.entries(treeOf(localTree)).filter(([k, v]) => v.type === 'file' && !k.includes('/sub/'))
+      .map(([k, v]) => [k.replace(/^tree/, 'out-single'), v])),
+    'out-single': { type: 'dir', mode: (fs.statSync(out).mode & 0o7777).toString(8) },
+  });
+}, { needs: CP });
+
+check('cp: exec reads what cp wrote (output frames that start with "{")', async () => {
+  assertExit(await execMain(sh(`cat ${guestRoot}/tree/data.json`)), 0, jsonLike['data.json']);
+  assertExit(await execMain(sh(`cat ${guestRoot}/tree/link.json; test -L ${guestRoot}/tree/link.json || echo " regular"`)), 0, `${jsonLike['data.json']} regular\n`);
+  assertExit(await execMain(sh(`test -e ${guestRoot}/tree/dirlink || echo absent`)), 0, 'absent\n');
+  // 3 MB of binary output through exec frames.
+  const r = await execMain({ command: ['cat', `${guestRoot}/tree/big.bin`] });
+  assertExit(r, 0);
+  assert.equal(r.output.length, fs.statSync(path.join(localTree, 'big.bin')).size, 'bytes of output');
+  assert.equal(sha(r.output), sha(fs.readFileSync(path.join(localTree, 'big.bin'))), 'output byte for byte');
+}, { needs: CP });
+
+check('cp: cpFromInstance of a missing guest path rejects', async () => {
+  const out = path.join(tmpRoot, 'out-missing');
+  fs.mkdirSync(out);
+  await expectReject(
+    cpFromInstance(cpCfg, { instanceId: main.id, srcPath: `${guestRoot}/no-such-file`, dstPath: out }),
+    /Copy error at/,
+  );
+}, { needs: EXEC });
+
+check('cp: cpToInstance to an unknown instance rejects (404 upgrade)', async () => {
+  const src = path.join(tmpRoot, 'one.txt');
+  fs.writeFileSync(src, 'one\n');
+  await expectReject(cpToInstance(cpCfg, { instanceId: unknownId, srcPath: src, dstPath: '/one.txt' }), /Unexpected server response: 404/);
+  await expectReject(
+    cpFromInstance(cpCfg, { instanceId: unknownId, srcPath: '/etc/hostname', dstPath: tmpRoot }),
+    /Unexpected server response: 404/,
+  );
+});
+
+check('instances.stat: a file, a directory, a missing path', async () => {
+  const file = await client.instances.stat(main.id, { path: `${guestRoot}/tree/big.bin` });
+  assert.deepEqual(
+    { exists: file.exists, is_file: file.is_file, is_dir: file.is_dir, is_symlink: file.is_symlink, mode: file.mode, size: file.size },
+    { exists: true, is_file: true, is_dir: false, is_symlink: false, mode: 0o640, size: 3 * 1024 * 1024 + 12345 },
+  );
+  assert.equal(file.error ?? null, null);
+  const dir = await client.instances.stat(main.id, { path: `${guestRoot}/tree/sub/deeper`, follow_links: true });
+  assert.equal(dir.exists, true);
+  assert.equal(dir.is_dir, true);
+  assert.equal(dir.is_file, false);
+  assert.equal(dir.mode, 0o700);
+  const missing = await client.instances.stat(main.id, { path: `${guestRoot}/tree/nope` });
+  assert.equal(missing.exists, false);
+  assert.equal(missing.error ?? null, null, 'a missing path is not an error');
+  const skipped = await client.instances.stat(main.id, { path: `${guestRoot}/tree/dirlink` });
+  assert.equal(skipped.exists, false, 'cpToInstance skipped the directory symlink');
+}, { needs: CP });
+
+check('instances.stat: a symlink with and without follow_links', async () => {
+  const link = `${guestRoot}/tree/sym`;
+  assertExit(await execMain({ command: ['ln', '-s', 'data.json', link] }), 0, '');
+  const l = await client.instances.stat(main.id, { path: link, follow_links: false });
+  assert.equal(l.exists, true);
+  assert.equal(l.is_symlink, true);
+  assert.equal(l.link_target, 'data.json');
+  assert.equal(l.is_file, false);
+  const f = await client.instances.stat(main.id, { path: link, follow_links: true });
+  assert.equal(f.exists, true);
+  assert.equal(f.is_file, true);
+  assert.equal(f.size, jsonLike['data.json'].length);
+  assert.equal(f.mode, 0o600);
+  assert.equal(f.is_symlink ?? undefined, undefined, 'is_symlink is only set when follow_links=false');
+}, { needs: CP });
+
+check('cp: cpFromInstance brings a guest symlink back as a symlink, or followed', async () => {
+  const out = path.join(tmpRoot, 'out-links');
+  fs.mkdirSync(out);
+  await cpFromInstance(cpCfg, { instanceId: main.id, srcPath: `${guestRoot}/tree/sym`, dstPath: out });
+  assert.equal(fs.readlinkSync(path.join(out, 'sym')), 'data.json');
+  const followed = path.join(tmpRoot, 'out-followed');
+  fs.mkdirSync(followed);
+  await cpFromInstance(cpCfg, { instanceId: main.id, srcPath: `${guestRoot}/tree/sym`, dstPath: followed, followLinks: true });
+  await sameTree(() => treeOf(path.join(followed, 'sym')), {
+    sym: { type: 'file', mode: '600', size: jsonLike['data.json'].length, sha256: sha(jsonLike['data.json']) },
+  });
+}, { needs: [...CP, 'instances.stat: a symlink with and without follow_links'] });
+
+check('instances.stat without a path is 400', async () => {
+  await expectError(noRetry.instances.stat(main.id, {}), BadRequestError, 400, VAL);
+}, { needs: MAIN });
+
+check('instances.stat of an unknown instance is 404', async () => {
+  await expectError(noRetry.instances.stat(unknownId, { path: '/' }), NotFoundError, 404, 'not_found');
+});
+
+check('instances.stats of a Running instance', async () => {
+  const st = await client.instances.stats(main.id);
+  if (verbose) console.log(`     ${JSON.stringify(st)}`);
+  assert.equal(st.instance_id, main.id);
+  assert.equal(st.instance_name, mainName);
+  for (const k of ['cpu_seconds', 'memory_rss_bytes', 'memory_vms_bytes', 'network_rx_bytes', 'network_tx_bytes', 'allocated_vcpus', 'allocated_memory_bytes']) {
+    assert.equal(typeof st[k], 'number', `${k} is a number`);
+    assert.ok(st[k] >= 0, `${k} >= 0`);
+  }
+  assert.ok(st.cpu_seconds > 0, `cpu_seconds ${st.cpu_seconds}`);
+  assert.ok(st.memory_rss_bytes > 0, `memory_rss_bytes ${st.memory_rss_bytes}`);
+  assert.ok(st.memory_vms_bytes >= st.memory_rss_bytes, 'vms >= rss');
+  assert.equal(st.allocated_vcpus, main.vcpus);
+  assert.ok(st.allocated_memory_bytes >= 1024 * 1024 * 1024, `allocated_memory_bytes ${st.allocated_memory_bytes}`);
+  assert.equal(typeof st.memory_utilization_ratio, 'number');
+  assert.ok(Math.abs(st.memory_utilization_ratio - st.memory_rss_bytes / st.allocated_memory_bytes) < 1e-6, 'ratio = rss / allocated');
+}, { needs: RUNNING });
+
 // ---------------------------------------------------------------- stop / start / delete
 
 check('instances.stop (Stopped, exit_code set)', async () => {
@@ -618,6 +1025,31 @@ const STOPPED = [...RUNNING, 'instances.stop (Stopped, exit_code set)'];
 
 check('stop while Stopped is 409 invalid_state', async () => {
   await expectError(noRetry.instances.stop(main.id), ConflictError, 409, 'invalid_state');
+}, { needs: STOPPED });
+
+check('exec, cp and stat on a Stopped instance are 409 invalid_state', async () => {
+  const body = await expectHandshake(openExec(baseURL, apiKey, main.id), 409, 'invalid_state');
+  assert.match(body.message, /instance must be running \(current state: Stopped\)/);
+  await expectHandshake(openExec(baseURL, apiKey, main.id, { endpoint: 'cp' }), 409, 'invalid_state');
+  const src = path.join(tmpRoot, 'stopped.txt');
+  fs.writeFileSync(src, 'x\n');
+  await expectReject(cpToInstance(cpCfg, { instanceId: main.id, srcPath: src, dstPath: '/stopped.txt' }), /Unexpected server response: 409/);
+  await expectReject(
+    cpFromInstance(cpCfg, { instanceId: main.id, srcPath: '/etc/hostname', dstPath: tmpRoot }),
+    /Unexpected server response: 409/,
+  );
+  const mark = requests.length;
+  const err = await expectError(client.instances.stat(main.id, { path: '/' }), ConflictError, 409, 'invalid_state');
+  assert.match(err.error.message, /instance must be running \(current state: Stopped\)/);
+  assert.equal(requestsSince(mark).length, 1, 'a 409 invalid_state is not retried');
+}, { needs: STOPPED });
+
+check('instances.stats of a Stopped instance is 200', async () => {
+  // Reference 6.3: stats is allowed in any state.
+  const st = await client.instances.stats(main.id);
+  assert.equal(st.instance_id, main.id);
+  assert.equal(st.allocated_vcpus, main.vcpus);
+  assert.equal(typeof st.cpu_seconds, 'number');
 }, { needs: STOPPED });
 
 check('instances.wait for Stopped on a Stopped instance returns at once', async () => {
@@ -645,6 +1077,10 @@ check('instances.start with a cmd override, then Running', async () => {
   await waitRunning(main.id);
   await waitLog(main.id, marker);
 }, { needs: STOPPED });
+
+check('exec works again after a restart', async () => {
+  assertExit(await execMain(sh('echo again', { wait_for_agent: 60 })), 0, 'again\n');
+}, { needs: [...STOPPED, 'instances.start with a cmd override, then Running', ...EXEC] });
 
 check('instances.delete (204), then get is 404', async () => {
   const res = await client.instances.delete(main.id, { graceful_shutdown: false }).asResponse();

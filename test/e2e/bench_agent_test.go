@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
 
 	"github.com/hypeman-vm/hypeman/internal/agent"
 	"github.com/hypeman-vm/hypeman/internal/agent/proto"
@@ -123,12 +126,14 @@ func benchInstance(b *testing.B, d *daemon, img string) string {
 
 // benchVM is the bare VM: its agent client and raw port.
 type benchVM struct {
-	client *agent.Client
-	raw    net.Conn
+	client    *agent.Client // replaced after the custom-session variants
+	agentSock string
+	raw       net.Conn
+	meter     cpuMeter
 }
 
 // bootBenchVM boots the bare VM and connects to its agent and raw port.
-func bootBenchVM(b *testing.B, d *daemon, img string) benchVM {
+func bootBenchVM(b *testing.B, d *daemon, img string) *benchVM {
 	b.Helper()
 	dir, err := os.MkdirTemp("/tmp", "hmbench-agent-")
 	if err != nil {
@@ -138,14 +143,13 @@ func bootBenchVM(b *testing.B, d *daemon, img string) benchVM {
 	spec := benchVMSpec(b, d, img, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	vm, err := qemu.New(qemu.Config{Accel: "tcg"}, nil).Start(ctx, spec)
+	qvm, err := qemu.New(qemu.Config{Accel: "tcg"}, nil).Start(ctx, spec)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { vm.Kill(); vm.Wait(context.Background()) })
+	b.Cleanup(func() { qvm.Kill(); qvm.Wait(context.Background()) })
 	waitAgentReady(b, filepath.Join(dir, "events.log"))
 	c := agent.New(agent.UnixDialer(filepath.Join(dir, "agent.sock")), nil)
-	b.Cleanup(c.Close)
 	if err := c.Ping(ctx); err != nil {
 		b.Fatalf("agent: %v", err)
 	}
@@ -154,7 +158,16 @@ func bootBenchVM(b *testing.B, d *daemon, img string) benchVM {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { raw.Close() })
-	return benchVM{client: c, raw: raw}
+	vm := &benchVM{client: c, agentSock: filepath.Join(dir, "agent.sock"), raw: raw}
+	b.Cleanup(func() { vm.client.Close() })
+	vm.meter = cpuMeter{qemuPID: pidFromFile(b, filepath.Join(dir, "qemu.pid")), guestStat: func() (string, error) {
+		out, code, err := agentExec(vm.client, "cat", "/proc/stat")
+		if err == nil && code != 0 {
+			err = fmt.Errorf("cat /proc/stat: exit %d", code)
+		}
+		return out, err
+	}}
+	return vm
 }
 
 // benchVMSpec is the VM the daemon would make for the instance (same
@@ -228,6 +241,7 @@ func waitAgentReady(b *testing.B, path string) {
 type agentRound struct {
 	execAPI, execAgent []time.Duration
 	rates              map[string]float64
+	cpu                map[string]cpuUse
 }
 
 // Rate keys, in the order of the table.
@@ -243,6 +257,13 @@ const (
 	rAPICpUp      = "cp-api-up"
 	rAPICpDown    = "cp-api-down"
 	rAPICpUp256K  = "cp-api-up-256k-frames"
+	rBenchUp32K   = "agent-bench-up-32k-frames"
+	rBenchUp1M    = "agent-bench-up-1m-frames"
+	rBenchDown4M  = "agent-bench-down-4m-window"
+	rBenchUp2x    = "agent-bench-up-2-streams"
+	rAgentCpUp2x  = "cp-agent-up-2-files"
+	rGuestRead    = "guest-dd-read-tmpfs"
+	rGuestWrite   = "guest-dd-write-tmpfs"
 )
 
 // Write and frame sizes.
@@ -252,25 +273,48 @@ const (
 	benchRawWrites = 1 << 20   // raw port writes and reads on the host
 )
 
-func agentBenchRound(b *testing.B, d *daemon, id string, vm benchVM, p agentPayload) agentRound {
+func agentBenchRound(b *testing.B, d *daemon, id string, vm *benchVM, p agentPayload) agentRound {
 	b.Helper()
-	r := agentRound{rates: map[string]float64{}}
-	up := func(key string, f func() time.Duration) { r.rates[key] = mbps(f()) }
+	r := agentRound{rates: map[string]float64{}, cpu: map[string]cpuUse{}}
+	apiVM := apiMeter(b, d, id)
+	up := func(key string, m cpuMeter, f func(w *stopwatch) time.Duration) {
+		w := &stopwatch{b: b, m: m}
+		r.rates[key] = mbps(f(w))
+		r.cpu[key] = w.use
+	}
+	raw, ag := vm.raw, vm.client
 	// Raw and API alternate, so drift of the machine's load hits both.
-	up(rRawUp, func() time.Duration { return rawUpload(b, vm.raw, p.data, benchRawWrites) })
-	up(rAPICpUp, func() time.Duration { return apiCpTo(b, d, id, p, benchFrame) })
-	up(rRawDown, func() time.Duration { return rawDownload(b, vm.raw) })
-	up(rAPICpDown, func() time.Duration { return apiCpFrom(b, d, id, p) })
-	up(rBenchUp, func() time.Duration { return agentBench(b, vm.client, true) })
-	up(rBenchDown, func() time.Duration { return agentBench(b, vm.client, false) })
-	up(rAgentCpUp, func() time.Duration { return agentCpTo(b, vm.client, p, benchBigFrame) })
-	up(rAgentCpDown, func() time.Duration { return agentCpFrom(b, vm.client, p) })
-	up(rAgentCpUp32K, func() time.Duration { return agentCpTo(b, vm.client, p, benchFrame) })
-	up(rAPICpUp256K, func() time.Duration { return apiCpTo(b, d, id, p, benchBigFrame) })
-	up(rRawUp32K, func() time.Duration { return rawUpload(b, vm.raw, p.data, benchFrame) })
+	up(rRawUp, vm.meter, func(w *stopwatch) time.Duration { return rawUpload(b, w, raw, p.data, benchRawWrites) })
+	up(rAPICpUp, apiVM, func(w *stopwatch) time.Duration { return apiCpTo(b, w, d, id, p, benchFrame) })
+	up(rRawDown, vm.meter, func(w *stopwatch) time.Duration { return rawDownload(b, w, raw) })
+	up(rAPICpDown, apiVM, func(w *stopwatch) time.Duration { return apiCpFrom(b, w, d, id, p) })
+	up(rBenchUp, vm.meter, func(w *stopwatch) time.Duration { return agentBench(b, w, ag, true) })
+	up(rBenchDown, vm.meter, func(w *stopwatch) time.Duration { return agentBench(b, w, ag, false) })
+	up(rAgentCpUp, vm.meter, func(w *stopwatch) time.Duration { return agentCpTo(b, w, ag, p, benchBigFrame) })
+	up(rAgentCpDown, vm.meter, func(w *stopwatch) time.Duration { return agentCpFrom(b, w, ag, p) })
+	up(rAgentCpUp32K, vm.meter, func(w *stopwatch) time.Duration { return agentCpTo(b, w, ag, p, benchFrame) })
+	up(rAPICpUp256K, apiVM, func(w *stopwatch) time.Duration { return apiCpTo(b, w, d, id, p, benchBigFrame) })
+	up(rRawUp32K, vm.meter, func(w *stopwatch) time.Duration { return rawUpload(b, w, raw, p.data, benchFrame) })
+	up(rGuestRead, vm.meter, func(w *stopwatch) time.Duration {
+		return guestDD(b, w, ag, "if="+benchGuestFile, "of=/dev/null")
+	})
+	up(rGuestWrite, vm.meter, func(w *stopwatch) time.Duration {
+		return guestDD(b, w, ag, "if=/dev/zero", "of=/dev/shm/dd.bin", fmt.Sprintf("count=%d", benchBytes/benchFrame))
+	})
+	agentRun(b, vm.client, "rm", "-f", "/dev/shm/dd.bin")
+	agentVariants(b, vm, p, up)
 	r.execAPI = timeN(b, func() error { return apiExecTrue(d, id) })
 	r.execAgent = timeN(b, func() error { return agentExecTrue(vm.client) })
 	return r
+}
+
+// guestDD times a dd of 32 KiB blocks in the bare VM (one exec of about
+// 30 ms included): what one pass over the data costs the guest.
+func guestDD(b *testing.B, w *stopwatch, c *agent.Client, args ...string) time.Duration {
+	b.Helper()
+	w.start()
+	agentRun(b, c, append([]string{"dd", "bs=32k"}, args...)...)
+	return w.stop()
 }
 
 func mbps(d time.Duration) float64 { return benchBytes / 1e6 / d.Seconds() }
@@ -290,13 +334,13 @@ func timeN(b *testing.B, f func() error) []time.Duration {
 
 // rawUpload sends 'U', the length and data (written chunk bytes at a time)
 // on the raw port and waits for the guest's 'K'.
-func rawUpload(b *testing.B, c net.Conn, data []byte, chunk int) time.Duration {
+func rawUpload(b *testing.B, w *stopwatch, c net.Conn, data []byte, chunk int) time.Duration {
 	b.Helper()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
 	var hdr [9]byte
 	hdr[0] = 'U'
 	binary.BigEndian.PutUint64(hdr[1:], uint64(len(data)))
-	start := time.Now()
+	w.start()
 	if _, err := c.Write(hdr[:]); err != nil {
 		b.Fatalf("raw upload: %v", err)
 	}
@@ -309,18 +353,18 @@ func rawUpload(b *testing.B, c net.Conn, data []byte, chunk int) time.Duration {
 	if _, err := io.ReadFull(c, ack[:]); err != nil || ack[0] != 'K' {
 		b.Fatalf("raw upload: answer %q, %v", ack[:], err)
 	}
-	return time.Since(start)
+	return w.stop()
 }
 
 // rawDownload asks the guest for benchBytes on the raw port and reads them.
-func rawDownload(b *testing.B, c net.Conn) time.Duration {
+func rawDownload(b *testing.B, w *stopwatch, c net.Conn) time.Duration {
 	b.Helper()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
 	var hdr [9]byte
 	hdr[0] = 'D'
 	binary.BigEndian.PutUint64(hdr[1:], benchBytes)
 	buf := make([]byte, benchRawWrites)
-	start := time.Now()
+	w.start()
 	if _, err := c.Write(hdr[:]); err != nil {
 		b.Fatalf("raw download: %v", err)
 	}
@@ -331,7 +375,7 @@ func rawDownload(b *testing.B, c net.Conn) time.Duration {
 		k, err = c.Read(buf[:min(int64(len(buf)), benchBytes-n)])
 		n += int64(k)
 	}
-	took := time.Since(start)
+	took := w.stop()
 	if n != benchBytes {
 		b.Fatalf("raw download: %d of %d bytes: %v", n, benchBytes, err)
 	}
@@ -339,17 +383,18 @@ func rawDownload(b *testing.B, c net.Conn) time.Duration {
 }
 
 // agentBench runs the agent's bench call one way.
-func agentBench(b *testing.B, c *agent.Client, upload bool) time.Duration {
+func agentBench(b *testing.B, w *stopwatch, c *agent.Client, upload bool) time.Duration {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var took time.Duration
 	var err error
+	w.start()
 	if upload {
-		took, err = c.BenchUpload(ctx, benchBytes)
+		_, err = c.BenchUpload(ctx, benchBytes)
 	} else {
-		took, err = c.BenchDownload(ctx, benchBytes)
+		_, err = c.BenchDownload(ctx, benchBytes)
 	}
+	took := w.stop()
 	if err != nil {
 		b.Fatalf("agent bench (upload %v): %v", upload, err)
 	}
@@ -367,15 +412,15 @@ func (c chunkReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p)
 
 // agentCpTo copies the payload into the guest with Client.CopyTo, reading
 // it chunk bytes at a time, and checks it there.
-func agentCpTo(b *testing.B, c *agent.Client, p agentPayload, chunk int) time.Duration {
+func agentCpTo(b *testing.B, w *stopwatch, c *agent.Client, p agentPayload, chunk int) time.Duration {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	agentRun(b, c, "rm", "-f", benchGuestFile)
-	start := time.Now()
+	w.start()
 	n, err := c.CopyTo(ctx, proto.CopyToRequest{Path: benchGuestFile, Mode: 0o644},
 		chunkReader{r: bytes.NewReader(p.data), n: chunk})
-	took := time.Since(start)
+	took := w.stop()
 	if err != nil || n != benchBytes {
 		b.Fatalf("agent cp to: %d of %d bytes: %v", n, benchBytes, err)
 	}
@@ -386,17 +431,17 @@ func agentCpTo(b *testing.B, c *agent.Client, p agentPayload, chunk int) time.Du
 }
 
 // agentCpFrom copies the guest file back with Client.CopyFrom and compares.
-func agentCpFrom(b *testing.B, c *agent.Client, p agentPayload) time.Duration {
+func agentCpFrom(b *testing.B, w *stopwatch, c *agent.Client, p agentPayload) time.Duration {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	got := bytes.NewBuffer(make([]byte, 0, benchBytes))
-	start := time.Now()
+	w.start()
 	err := c.CopyFrom(ctx, proto.CopyFromRequest{Path: benchGuestFile}, func(e proto.Entry, r io.Reader) error {
 		_, err := got.ReadFrom(r)
 		return err
 	})
-	took := time.Since(start)
+	took := w.stop()
 	if err != nil || !bytes.Equal(got.Bytes(), p.data) {
 		b.Fatalf("agent cp from: %d of %d bytes, equal %v: %v", got.Len(), benchBytes, bytes.Equal(got.Bytes(), p.data), err)
 	}
@@ -505,12 +550,12 @@ func apiRun(b *testing.B, d *daemon, id string, cmd ...string) string {
 // apiCpTo uploads the payload's file with the cp WebSocket in frames of
 // frame bytes, then {"type":"end"}, and waits for the result; then checks
 // the file in the guest.
-func apiCpTo(b *testing.B, d *daemon, id string, p agentPayload, frame int) time.Duration {
+func apiCpTo(b *testing.B, w *stopwatch, d *daemon, id string, p agentPayload, frame int) time.Duration {
 	b.Helper()
 	apiRun(b, d, id, "rm", "-f", benchGuestFile)
-	start := time.Now()
+	w.start()
 	res, err := apiCpToOnce(d, id, p.file, frame)
-	took := time.Since(start)
+	took := w.stop()
 	if err != nil || !res.Success || res.BytesWritten != benchBytes {
 		b.Fatalf("api cp to: %+v: %v", res, err)
 	}
@@ -570,12 +615,12 @@ func apiCpToOnce(d *daemon, id, file string, frame int) (cpResultMsg, error) {
 
 // apiCpFrom downloads the guest file with the cp WebSocket and compares it
 // with the payload.
-func apiCpFrom(b *testing.B, d *daemon, id string, p agentPayload) time.Duration {
+func apiCpFrom(b *testing.B, w *stopwatch, d *daemon, id string, p agentPayload) time.Duration {
 	b.Helper()
 	got := make([]byte, 0, benchBytes)
-	start := time.Now()
+	w.start()
 	got, err := apiCpFromOnce(d, id, got)
-	took := time.Since(start)
+	took := w.stop()
 	if err != nil || !bytes.Equal(got, p.data) {
 		b.Fatalf("api cp from: %d of %d bytes, equal %v: %v", len(got), benchBytes, bytes.Equal(got, p.data), err)
 	}
@@ -670,7 +715,10 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 	fmt.Fprintf(&t, "%-28s %10s %10s %10s %10s\n", "path", "up-MB/s", "down-MB/s", "up/raw", "down/raw")
 	rawUp, rawDown := rate(rRawUp), rate(rRawDown)
 	row := func(name, upKey, downKey string) {
-		u, dn := rate(upKey), math.NaN()
+		u, dn := math.NaN(), math.NaN()
+		if upKey != "" {
+			u = rate(upKey)
+		}
 		if downKey != "" {
 			dn = rate(downKey)
 		}
@@ -683,9 +731,17 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 	row("  raw, 32 KiB writes", rRawUp32K, "")
 	row("  CopyTo, 32 KiB frames", rAgentCpUp32K, "")
 	row("  API cp, 256 KiB frames", rAPICpUp256K, "")
+	row("  bench, 32 KiB frames", rBenchUp32K, "")
+	row("  bench, 1 MiB frames", rBenchUp1M, "")
+	row("  bench, 2 streams at once", rBenchUp2x, "")
+	row("  CopyTo, 2 files at once", rAgentCpUp2x, "")
+	row("  bench down, 4 MiB window", "", rBenchDown4M)
 	fmt.Fprintf(&t, "%-28s %10s %10s %10s\n", "exec of true", "p50-ms", "p99-ms", "max-ms")
 	fmt.Fprintf(&t, "%-28s %10.1f %10.1f %10.1f\n", "API WebSocket", msf(pct(api, 0.50)), msf(pct(api, 0.99)), msf(slices.Max(api)))
 	fmt.Fprintf(&t, "%-28s %10.1f %10.1f %10.1f\n", "agent Client.Exec", msf(pct(ag, 0.50)), msf(pct(ag, 0.99)), msf(slices.Max(ag)))
+	for i, r := range rounds {
+		cpuTable(&t, i, r)
+	}
 	fmt.Print(t.String())
 
 	b.ReportMetric(0, "ns/op")
@@ -700,10 +756,347 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 	b.ReportMetric(rate(rAPICpDown)/rawDown, "ratio-down")
 }
 
+// cpuTable prints where one round's transfers spent CPU time (seconds;
+// the guest has 2 vCPUs, so its user+sys+idle is about twice the wall).
+func cpuTable(t *strings.Builder, round int, r agentRound) {
+	fmt.Fprintf(t, "CPU seconds per transfer, round %d:\n%-27s %7s %7s %7s %7s %7s %7s %7s %7s\n", round,
+		"transfer", "wall-s", "MB/s", "g-user", "g-sys", "g-idle", "qemu", "daemon", "bench")
+	for _, key := range []string{rRawUp, rRawUp32K, rBenchUp, rBenchUp32K, rBenchUp1M, rBenchUp2x, rAgentCpUp,
+		rAgentCpUp32K, rAgentCpUp2x, rAPICpUp, rAPICpUp256K, rRawDown, rBenchDown, rBenchDown4M, rAgentCpDown,
+		rAPICpDown, rGuestRead, rGuestWrite} {
+		c := r.cpu[key]
+		fmt.Fprintf(t, "%-27s %7.2f %7.1f %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f\n", key, c.wall, r.rates[key],
+			c.guestUser, c.guestSys, c.guestIdle, c.qemu, c.daemon, c.self)
+	}
+}
+
 // pct is the nearest-rank percentile p (0 < p <= 1) of xs.
 func pct(xs []time.Duration, p float64) time.Duration {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	i := int(math.Ceil(p*float64(len(s)))) - 1
 	return s[max(i, 0)]
+}
+
+// cpuMeter reads the CPU time a transfer costs: in the guest (from its
+// /proc/stat), in its QEMU (vCPU threads apart from the others), in the
+// daemon and in this process.
+type cpuMeter struct {
+	qemuPID   int
+	daemonPID int // 0: no daemon on the path
+	guestStat func() (string, error)
+}
+
+// cpuSnap is a reading of the meter's counters, in CPU seconds.
+type cpuSnap struct {
+	guestUser, guestSys, guestIdle float64
+	qemu                           float64 // all threads: vCPUs and I/O
+	daemon, self                   float64
+}
+
+// cpuUse is what one transfer cost, in CPU seconds, over wall seconds.
+type cpuUse struct {
+	wall float64
+	cpuSnap
+}
+
+// clockTick is USER_HZ (100 on Linux, host and guest alike).
+const clockTick = 100.0
+
+// stopwatch times one transfer and meters its CPU time: start and stop
+// read the meter (outside the timed span) around it.
+type stopwatch struct {
+	b      *testing.B
+	m      cpuMeter
+	before cpuSnap
+	t0     time.Time
+	use    cpuUse
+}
+
+func (w *stopwatch) start() {
+	w.before = w.m.snap(w.b)
+	w.t0 = time.Now()
+}
+
+func (w *stopwatch) stop() time.Duration {
+	took := time.Since(w.t0)
+	w.use = w.m.snap(w.b).since(w.before, took)
+	return took
+}
+
+func (m cpuMeter) snap(b *testing.B) cpuSnap {
+	b.Helper()
+	var s cpuSnap
+	if m.guestStat != nil {
+		s.guestUser, s.guestSys, s.guestIdle = guestCPU(b, m.guestStat)
+	} else {
+		s.guestUser, s.guestSys, s.guestIdle = math.NaN(), math.NaN(), math.NaN()
+	}
+	s.qemu = procCPU(fmt.Sprintf("/proc/%d/stat", m.qemuPID))
+	if m.daemonPID != 0 {
+		s.daemon = procCPU(fmt.Sprintf("/proc/%d/stat", m.daemonPID))
+	}
+	s.self = procCPU("/proc/self/stat")
+	return s
+}
+
+func (s cpuSnap) since(before cpuSnap, took time.Duration) cpuUse {
+	return cpuUse{wall: took.Seconds(), cpuSnap: cpuSnap{
+		guestUser: s.guestUser - before.guestUser, guestSys: s.guestSys - before.guestSys,
+		guestIdle: s.guestIdle - before.guestIdle, qemu: s.qemu - before.qemu, daemon: s.daemon - before.daemon, self: s.self - before.self,
+	}}
+}
+
+// guestCPU reads the guest's user, system and idle CPU seconds (all
+// vCPUs) from its /proc/stat.
+func guestCPU(b *testing.B, stat func() (string, error)) (user, sys, idle float64) {
+	b.Helper()
+	out, err := stat()
+	if err != nil {
+		b.Fatalf("guest /proc/stat: %v", err)
+	}
+	line, _, _ := strings.Cut(out, "\n")
+	var f [8]float64 // user nice system idle iowait irq softirq steal
+	if _, err := fmt.Sscan(strings.TrimPrefix(line, "cpu "), &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7]); err != nil {
+		b.Fatalf("guest /proc/stat %q: %v", line, err)
+	}
+	return (f[0] + f[1]) / clockTick, (f[2] + f[5] + f[6]) / clockTick, (f[3] + f[4]) / clockTick
+}
+
+// procCPU returns utime+stime (seconds) of a process's /proc stat file.
+func procCPU(path string) float64 {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st float64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return (ut + st) / clockTick
+}
+
+func pidFromFile(b *testing.B, path string) int {
+	b.Helper()
+	raw, err := os.ReadFile(path)
+	var pid int
+	if err == nil {
+		_, err = fmt.Sscan(strings.TrimSpace(string(raw)), &pid)
+	}
+	if err != nil {
+		b.Fatalf("pid file %s: %v", path, err)
+	}
+	return pid
+}
+
+// newestMatch returns the most recently modified file matching pattern.
+func newestMatch(b *testing.B, pattern string) string {
+	b.Helper()
+	files, _ := filepath.Glob(pattern)
+	if len(files) == 0 {
+		b.Fatalf("no file matches %s", pattern)
+	}
+	sort.Slice(files, func(i, j int) bool { return modTime(files[i]).After(modTime(files[j])) })
+	return files[0]
+}
+
+// apiMeter meters the API instance: its QEMU, the daemon, its guest.
+func apiMeter(b *testing.B, d *daemon, id string) cpuMeter {
+	b.Helper()
+	d.mu.Lock()
+	dpid := d.cmd.Process.Pid
+	d.mu.Unlock()
+	return cpuMeter{
+		qemuPID:   pidFromFile(b, newestMatch(b, filepath.Join(d.dataDir, "instances", id, "qemu*.pid"))),
+		daemonPID: dpid,
+		guestStat: func() (string, error) {
+			out, code, err := apiExec(d, id, "cat", "/proc/stat")
+			if err == nil && code != 0 {
+				err = fmt.Errorf("cat /proc/stat: exit %d", code)
+			}
+			return out, err
+		},
+	}
+}
+
+// agentVariants measures changes that could make the agent path faster,
+// without changing it: upload frame sizes and the host's receive window
+// (on a session of our own, as agent.Client opens it but with other
+// settings), and two streams at once (can the guest use both vCPUs?).
+func agentVariants(b *testing.B, vm *benchVM, p agentPayload, up func(string, cpuMeter, func(*stopwatch) time.Duration)) {
+	b.Helper()
+	up(rBenchUp2x, vm.meter, func(w *stopwatch) time.Duration {
+		w.start()
+		err := parallel(2, func(int) error {
+			_, err := vm.client.BenchUpload(context.Background(), benchBytes/2)
+			return err
+		})
+		took := w.stop()
+		if err != nil {
+			b.Fatalf("2 bench uploads: %v", err)
+		}
+		return took
+	})
+	up(rAgentCpUp2x, vm.meter, func(w *stopwatch) time.Duration { return agentCpTo2(b, w, vm.client, p) })
+
+	vm.client.Close() // the guest serves one session at a time
+	noGuest := vm.meter
+	noGuest.guestStat = nil // no exec without the client
+	for _, v := range []struct {
+		key    string
+		upload bool
+		frame  int
+		window uint32
+	}{
+		{rBenchUp32K, true, benchFrame, 1 << 20},
+		{rBenchUp1M, true, proto.MaxPayload, 1 << 20},
+		{rBenchDown4M, false, 0, 4 << 20},
+	} {
+		sess := openAgentSession(b, vm.agentSock, v.window)
+		up(v.key, noGuest, func(w *stopwatch) time.Duration { return sessionBench(b, w, sess, v.upload, v.frame) })
+		sess.Close()
+	}
+	vm.client = agent.New(agent.UnixDialer(vm.agentSock), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := vm.client.Ping(ctx); err != nil { // connect before the execs are timed
+		b.Fatalf("agent after the session variants: %v", err)
+	}
+}
+
+// parallel runs f(0..k-1) at once and returns their errors joined.
+func parallel(k int, f func(i int) error) error {
+	errs := make(chan error, k)
+	for i := 0; i < k; i++ {
+		go func() { errs <- f(i) }()
+	}
+	var all []error
+	for i := 0; i < k; i++ {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
+}
+
+// agentCpTo2 copies the two halves of the payload to two guest files at
+// once, and checks both.
+func agentCpTo2(b *testing.B, w *stopwatch, c *agent.Client, p agentPayload) time.Duration {
+	b.Helper()
+	half := [2][]byte{p.data[:benchBytes/2], p.data[benchBytes/2:]}
+	name := func(i int) string { return fmt.Sprintf("/dev/shm/bench-%d.bin", i) }
+	agentRun(b, c, "rm", "-f", benchGuestFile, name(0), name(1))
+	w.start()
+	err := parallel(2, func(i int) error {
+		n, err := c.CopyTo(context.Background(), proto.CopyToRequest{Path: name(i), Mode: 0o644}, bytes.NewReader(half[i]))
+		if err == nil && n != int64(len(half[i])) {
+			err = fmt.Errorf("%d of %d bytes", n, len(half[i]))
+		}
+		return err
+	})
+	took := w.stop()
+	if err != nil {
+		b.Fatalf("2 agent cp to: %v", err)
+	}
+	out := agentRun(b, c, "sha256sum", name(0), name(1))
+	for i := range half {
+		if sum := fmt.Sprintf("%x", sha256.Sum256(half[i])); !strings.Contains(out, sum+"  "+name(i)) {
+			b.Fatalf("2 agent cp to: guest sha256sum %q, want %s for %s", out, sum, name(i))
+		}
+	}
+	agentRun(b, c, "rm", "-f", name(0), name(1))
+	return took
+}
+
+// openAgentSession opens a session to the agent as agent.Client does
+// (Hello with a fresh nonce, repeated until the matching Ack, then a yamux
+// client), with a receive window of window bytes per stream.
+func openAgentSession(b *testing.B, sock string, window uint32) *yamux.Session {
+	b.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	nonce := make([]byte, 16)
+	_, _ = rand.Read(nonce)
+	hello, ack := append([]byte("HMA1h"), nonce...), append([]byte("HMA1a"), nonce...)
+	r := bufio.NewReader(conn)
+	var seen []byte
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		if _, err := conn.Write(hello); err != nil {
+			b.Fatalf("hello: %v", err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		for {
+			c, err := r.ReadByte()
+			if err != nil {
+				break // resend Hello
+			}
+			if seen = append(seen, c); len(seen) > len(ack) {
+				seen = seen[1:]
+			}
+			if bytes.Equal(seen, ack) {
+				_ = conn.SetDeadline(time.Time{})
+				cfg := proto.SessionConfig()
+				cfg.MaxStreamWindowSize = window
+				sess, err := yamux.Client(readerConn{Conn: conn, r: r}, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return sess
+			}
+		}
+	}
+	b.Fatal("agent session: no Ack")
+	return nil
+}
+
+// readerConn reads through the handshake's buffer.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// sessionBench runs the bench call on sess: an upload in Data frames of
+// frame bytes, or a download.
+func sessionBench(b *testing.B, w *stopwatch, sess *yamux.Session, upload bool, frame int) time.Duration {
+	b.Helper()
+	st, err := sess.OpenStream()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	w.start()
+	err = proto.WriteJSON(st, proto.TypeHeader, proto.Request{Method: proto.MethodBench,
+		Bench: &proto.BenchRequest{Upload: upload, Bytes: benchBytes}})
+	var n int64
+	if err == nil && upload {
+		chunk := make([]byte, frame)
+		for ; n < benchBytes && err == nil; n += int64(len(chunk)) {
+			err = proto.WriteMsg(st, proto.TypeData, chunk[:min(int64(len(chunk)), benchBytes-n)])
+		}
+		if err == nil {
+			err = proto.ReadJSON(st, proto.TypeResult, nil)
+		}
+		n = min(n, benchBytes)
+	}
+	if err == nil && !upload {
+		buf := make([]byte, proto.MaxPayload)
+		for {
+			typ, payload, rerr := proto.ReadMsg(st, buf)
+			if err = rerr; err != nil || typ != proto.TypeData {
+				break
+			}
+			n += int64(len(payload))
+		}
+	}
+	took := w.stop()
+	if err != nil || n != benchBytes {
+		b.Fatalf("session bench (upload %v): %d of %d bytes: %v", upload, n, benchBytes, err)
+	}
+	return took
 }

@@ -28,7 +28,7 @@ const (
 // helloInterval is how often the host repeats Hello while waiting for the
 // Ack: a guest that was mid-session when it was snapshotted consumes the
 // first Hello as a broken yamux frame and sees only the next one.
-const helloInterval = 250 * time.Millisecond
+const helloInterval = 50 * time.Millisecond
 
 func handshakeFrame(kind byte, nonce []byte) []byte {
 	return append(append(append([]byte{}, magic...), kind), nonce...)

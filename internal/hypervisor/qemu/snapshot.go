@@ -67,19 +67,37 @@ func (v *vm) SaveState(ctx context.Context, path string) error {
 // describe the same machine (devices, memory size) as the saved VM; paths
 // (sockets, disks, memory file) may differ.
 func (q *QEMU) Restore(ctx context.Context, spec hypervisor.Spec, statePath string) (hypervisor.VM, error) {
-	f, err := os.Open(statePath)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: restore: %w", err)
-	}
-	defer f.Close()
-	spec.Incoming = true
-	hvm, err := q.Start(ctx, spec)
+	vm, err := q.StartIncoming(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
-	v := hvm.(*vm)
+	if err := vm.(hypervisor.StateLoader).LoadState(ctx, statePath); err != nil {
+		_ = vm.Kill()
+		_ = vm.Wait(context.Background())
+		return nil, err
+	}
+	return vm, nil
+}
+
+// StartIncoming starts a QEMU for spec that waits for a saved state
+// (LoadState). Its disks stay inactive until the state is loaded, so it
+// can start while another VMM still writes them: QEMU reads their
+// metadata again when the load completes.
+func (q *QEMU) StartIncoming(ctx context.Context, spec hypervisor.Spec) (hypervisor.VM, error) {
+	spec.Incoming = true
+	return q.Start(ctx, spec)
+}
+
+// LoadState loads a saved state into a VM started with StartIncoming. The
+// guest is left paused.
+func (v *vm) LoadState(ctx context.Context, statePath string) error {
+	f, err := os.Open(statePath)
+	if err != nil {
+		return fmt.Errorf("qemu: load state: %w", err)
+	}
+	defer f.Close()
 	err = v.withMonitor(ctx, func(m *monitor) error {
-		if err := m.setMigrationCaps(ctx, spec.MemoryFile != ""); err != nil {
+		if err := m.setMigrationCaps(ctx, v.spec.MemoryFile != ""); err != nil {
 			return err
 		}
 		if err := m.sendFD(ctx, "statefd", f); err != nil {
@@ -91,11 +109,9 @@ func (q *QEMU) Restore(ctx context.Context, spec hypervisor.Spec, statePath stri
 		return m.waitIncoming(ctx)
 	})
 	if err != nil {
-		_ = v.Kill()
-		_ = v.Wait(context.Background())
-		return nil, fmt.Errorf("qemu: restore %s: %w%s", statePath, err, logTail(spec.VMMLog))
+		return fmt.Errorf("qemu: load state %s: %w%s", statePath, err, logTail(v.spec.VMMLog))
 	}
-	return v, nil
+	return nil
 }
 
 func (m *monitor) setMigrationCaps(ctx context.Context, ignoreShared bool) error {

@@ -1,0 +1,251 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hypeman-vm/hypeman/internal/cuid"
+	"github.com/hypeman-vm/hypeman/internal/errdefs"
+)
+
+// ForkRequest asks for a new instance cloned from another.
+type ForkRequest struct {
+	Name string
+	// FromRunning allows forking a Running source: it is frozen in place
+	// (a pause of a few tens of milliseconds) and keeps running.
+	FromRunning bool
+	// TargetState is Stopped, Standby or Running; empty means the source's
+	// state.
+	TargetState State
+}
+
+// Fork clones an instance (Stopped, Standby, or Running with FromRunning)
+// into a new one, without copying disk or memory: the source's overlay
+// and RAM are frozen and shared copy-on-write (see freeze.go). A fork that
+// resumes from memory gets its own address, MAC, hostname, clock and
+// entropy inside the guest before it is reported Running. On failure the
+// half-made fork is removed and a Running source keeps running.
+func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) (Instance, error) {
+	start := time.Now()
+	if !ValidName(req.Name) {
+		return Instance{}, errdefs.Newf(errdefs.ErrInvalidArgument, "invalid_request", "invalid fork name %q", req.Name)
+	}
+	switch req.TargetState {
+	case "", StateStopped, StateStandby, StateRunning:
+	default:
+		return Instance{}, errdefs.Newf(errdefs.ErrInvalidArgument, "invalid_request",
+			"invalid target_state %q: must be Stopped, Standby or Running", req.TargetState)
+	}
+	src, inst, unlock, err := m.loadForOp(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	target, err := forkTarget(inst.State, req)
+	if err != nil {
+		return Instance{}, err
+	}
+	if src.SkipGuestAgent && target != StateStopped && inst.State != StateStopped {
+		return Instance{}, errdefs.Newf(errdefs.ErrConflict, "invalid_state",
+			"instance %s runs without the guest agent: a fork resumed from memory could not take a new identity; use target_state Stopped", src.Name)
+	}
+	release, err := m.reserveName(ctx, req.Name)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer release()
+	f := &forkOp{m: m, src: src, srcState: inst.State, target: target, name: req.Name}
+	err = f.run(ctx)
+	detail := fmt.Sprintf("fork %s from %s", req.Name, inst.State)
+	m.opLog(src.ID, "fork", start, err, detail)
+	if err != nil {
+		return Instance{}, err
+	}
+	m.opLog(f.fork.ID, "create-fork", start, nil, fmt.Sprintf("from %s (%s), source %s, pause %v", src.Name, src.ID, inst.State, f.pause.Round(time.Microsecond)))
+	m.notify()
+	return m.view(f.fork), nil
+}
+
+// forkTarget applies the reference's rules on source states.
+func forkTarget(state State, req ForkRequest) (State, error) {
+	switch state {
+	case StateStopped, StateStandby:
+	case StateRunning:
+		if !req.FromRunning {
+			return "", errdefs.Newf(errdefs.ErrConflict, "invalid_state",
+				"invalid state transition: cannot fork from state Running (set from_running=true to allow standby+restore flow)")
+		}
+	default:
+		return "", errdefs.Newf(errdefs.ErrConflict, "invalid_state",
+			"invalid state transition: cannot fork from state %s (must be Stopped or Standby, or Running with from_running=true)", state)
+	}
+	if req.TargetState != "" {
+		return req.TargetState, nil
+	}
+	return state, nil
+}
+
+// forkOp is one fork in progress.
+type forkOp struct {
+	m        *Manager
+	src      *Metadata
+	srcState State
+	target   State
+	name     string
+	fork     *Metadata
+	state    string // device state file to link into the fork, if any
+	cleanup  string // a switch state file to remove at the end
+	pause    time.Duration
+}
+
+func (f *forkOp) run(ctx context.Context) error {
+	defer func() {
+		if f.cleanup != "" {
+			_ = os.RemoveAll(f.cleanup)
+		}
+	}()
+	return runSteps(ctx, f.m.log, "fork", []step{
+		{name: "freeze-source", do: f.freezeSource},
+		{name: "make-fork", do: f.makeFork, undo: f.removeFork},
+		{name: "target-state", do: f.reachTarget},
+	})
+}
+
+// freezeSource shares the source's disk (and RAM, when the fork is to
+// resume from memory) without copying.
+func (f *forkOp) freezeSource(ctx context.Context) error {
+	m, src := f.m, f.src
+	switch f.srcState {
+	case StateRunning:
+		state, pause, err := m.freezeRunning(ctx, src)
+		if err != nil {
+			return err
+		}
+		f.state, f.cleanup, f.pause = state, state[:len(state)-len("/state")], pause
+		return nil
+	case StateStandby:
+		if err := m.freeze(ctx, src, planFreeze(src, true)); err != nil {
+			return err
+		}
+		f.state = statePath(m.paths.InstanceStandbyDir(src.ID))
+		return nil
+	default:
+		return m.freeze(ctx, src, planFreeze(src, false))
+	}
+}
+
+// makeFork writes the fork's dir: metadata (with Creating set until done),
+// its overlay on the source's new layer, and, when it resumes from
+// memory, a standby snapshot: the device state hard-linked (both files are
+// immutable) and a manifest naming the frozen RAM.
+func (f *forkOp) makeFork(ctx context.Context) error {
+	m, src := f.m, f.src
+	fork := src.clone()
+	fork.ID, fork.Name, fork.CreatedAt = cuid.New(), f.name, time.Now().UTC()
+	fork.StartedAt, fork.StoppedAt, fork.ExitCode, fork.ExitMessage = nil, nil, nil, ""
+	fork.ProgramStartedAt, fork.AgentReadyAt = nil, nil
+	fork.Network = NetworkMeta{Enabled: src.Network.Enabled}
+	fork.Overlay, fork.VMMGen, fork.Pending, fork.Freeze, fork.Creating = "overlay-0.qcow2", 0, "", nil, true
+	if f.state == "" || f.target == StateStopped {
+		fork.MemoryBase = ""
+	}
+	f.fork = fork
+	id := fork.ID
+	if err := os.MkdirAll(m.paths.InstanceLogsDir(id), 0o755); err != nil {
+		return err
+	}
+	if err := saveMetadata(m.paths.InstanceMetadata(id), fork); err != nil {
+		return err
+	}
+	if err := m.storage.CreateOverlayOn(ctx, m.overlayPath(fork), m.paths.Layer(src.Layers[len(src.Layers)-1])); err != nil {
+		return err
+	}
+	if err := m.writeConfigDisk(ctx, fork); err != nil {
+		return err
+	}
+	if fork.MemoryBase != "" {
+		if err := f.linkStandby(); err != nil {
+			return err
+		}
+	}
+	fork.Creating = false
+	return saveMetadata(m.paths.InstanceMetadata(id), fork)
+}
+
+func (f *forkOp) linkStandby() error {
+	m, fork := f.m, f.fork
+	dir := m.paths.InstanceStandbyDir(fork.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Link(f.state, statePath(dir)); err != nil {
+		return fmt.Errorf("link device state: %w", err)
+	}
+	if err := copyFile(m.paths.InstanceEvents(f.src.ID), m.paths.InstanceEvents(fork.ID)); err != nil {
+		return err
+	}
+	return writeManifest(dir, manifest{Memory: fork.MemoryBase, MemoryBytes: fork.MemoryBytes})
+}
+
+func (f *forkOp) removeFork(ctx context.Context) {
+	if f.fork == nil {
+		return
+	}
+	if err := f.m.deleteLocked(ctx, f.fork.ID, false); err != nil {
+		f.m.log.Warn("remove half-made fork", "id", f.fork.ID, "err", err)
+	}
+}
+
+// reachTarget brings the fork to its target state.
+func (f *forkOp) reachTarget(ctx context.Context) error {
+	m, fork := f.m, f.fork
+	unlock := m.lock(fork.ID)
+	defer unlock()
+	switch {
+	case fork.MemoryBase != "" && f.target == StateRunning:
+		return m.resume(ctx, fork, f.src.Network.MAC)
+	case fork.MemoryBase != "": // Standby
+		return nil
+	case f.target == StateStopped:
+		return nil
+	}
+	// From a disk only: boot it.
+	img, err := m.images.ByDigest(ctx, fork.ImageDigest)
+	if err != nil {
+		return err
+	}
+	if err := m.bootFresh(ctx, fork, img); err != nil {
+		return err
+	}
+	if f.target == StateStandby {
+		if err := m.waitBooted(ctx, fork.ID); err != nil {
+			return err
+		}
+		return m.standby(ctx, fork)
+	}
+	return nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

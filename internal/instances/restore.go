@@ -1,0 +1,203 @@
+package instances
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hypeman-vm/hypeman/internal/agent/proto"
+	"github.com/hypeman-vm/hypeman/internal/errdefs"
+	"github.com/hypeman-vm/hypeman/internal/hypervisor"
+)
+
+// Restore resumes a Standby instance from its snapshot in a new VM
+// process, with the same address and MAC; the program continues where it
+// was. The guest clock is stepped to the host's time after the resume.
+func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
+	start := time.Now()
+	meta, inst, unlock, err := m.loadForOp(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	if err := checkTransition(opRestore, inst.State); err != nil {
+		return Instance{}, err
+	}
+	err = m.resume(ctx, meta, "")
+	m.opLog(meta.ID, "restore", start, err, "")
+	if err != nil {
+		return Instance{}, err
+	}
+	return m.view(meta), nil
+}
+
+// resume restores meta's VM from its standby snapshot. A fork resumes with
+// sourceMAC set: it gets a new address, MAC and hostname inside the guest,
+// fresh entropy, and its TAP stays down until the guest has taken them,
+// all before it counts as Running. The caller holds the instance lock.
+func (m *Manager) resume(ctx context.Context, meta *Metadata, sourceMAC string) error {
+	dir := m.paths.InstanceStandbyDir(meta.ID)
+	man, err := readManifest(dir)
+	if err != nil {
+		return damaged("the standby snapshot of "+meta.Name, "unreadable manifest: %v", err)
+	}
+	if err := verify("the standby snapshot of "+meta.Name, dir, man); err != nil {
+		return err
+	}
+	img, err := m.images.ByDigest(ctx, meta.ImageDigest)
+	if err != nil {
+		return errdefs.Newf(errdefs.ErrNotFound, "not_found", "instance image not found: %v", errdefs.Message(err))
+	}
+	hv, ok := m.hvs[hypervisor.Type(meta.Hypervisor)].(hypervisor.Restorer)
+	if !ok {
+		return errdefs.Newf(errdefs.ErrNotImplemented, "not_supported", "hypervisor %s cannot restore snapshots", meta.Hypervisor)
+	}
+	fork := sourceMAC != ""
+	meta.Pending = "restore"
+	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
+		return err
+	}
+	var vm hypervisor.VM
+	err = runSteps(ctx, m.log, "restore", []step{
+		{name: "network", do: func(ctx context.Context) error { return m.attachNetwork(ctx, meta, fork) },
+			undo: func(ctx context.Context) { m.detachNetwork(ctx, meta, fork) }},
+		{name: "restore-vm", do: func(ctx context.Context) (err error) {
+			vm, err = m.restoreVM(ctx, hv, meta, img, statePath(dir))
+			return err
+		}, undo: func(ctx context.Context) { _ = vm.Kill(); _ = vm.Wait(ctx) }},
+		{name: "guest", do: func(ctx context.Context) error { return m.refreshGuest(ctx, meta, sourceMAC) }},
+	})
+	meta.Pending = ""
+	if err != nil {
+		_ = saveMetadata(m.paths.InstanceMetadata(meta.ID), meta)
+		return err
+	}
+	now := time.Now().UTC()
+	if meta.StartedAt == nil {
+		meta.StartedAt = &now
+	}
+	meta.StoppedAt = nil
+	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
+		return err
+	}
+	m.watch(meta.ID, vm, meta.Boot, true)
+	_ = os.RemoveAll(dir) // the VM runs: the snapshot is spent
+	m.notify()
+	return nil
+}
+
+// attachNetwork gives a restoring VM its TAP: the same address and MAC for
+// an instance's own restore; a new identity for a fork, with its TAP down.
+func (m *Manager) attachNetwork(ctx context.Context, meta *Metadata, fork bool) error {
+	if !meta.Network.Enabled {
+		return nil
+	}
+	if fork {
+		if err := m.allocateNetwork(ctx, meta); err != nil {
+			return err
+		}
+		return m.net.SetTAPUp(ctx, meta.Network.TAP, false)
+	}
+	a, err := allocationOf(meta.Network)
+	if err != nil {
+		return err
+	}
+	return m.net.AttachTAP(ctx, a, true)
+}
+
+func (m *Manager) detachNetwork(ctx context.Context, meta *Metadata, fork bool) {
+	if fork {
+		_ = m.releaseNetwork(ctx, meta)
+		return
+	}
+	if meta.Network.TAP != "" {
+		_ = m.net.DetachTAP(ctx, meta.Network.TAP)
+	}
+}
+
+// restoreVM starts a VMM from the saved state and resumes the guest.
+func (m *Manager) restoreVM(ctx context.Context, hv hypervisor.Restorer, meta *Metadata, img Image, state string) (hypervisor.VM, error) {
+	if err := linkOrCopy(m.cfg.Boot.Initrd, m.paths.InstanceInitrd(meta.ID)); err != nil && !fileExists(m.paths.InstanceInitrd(meta.ID)) {
+		return nil, err
+	}
+	vm, err := hv.Restore(ctx, m.vmSpec(meta, img), state)
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.(hypervisor.Snapshotter).Resume(ctx); err != nil {
+		_ = vm.Kill()
+		_ = vm.Wait(ctx)
+		return nil, err
+	}
+	return vm, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// refreshGuest runs the agent calls a resumed guest needs: the clock
+// always; for a fork (sourceMAC set) also its new network identity,
+// hostname and entropy, after which its TAP comes up.
+func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata, sourceMAC string) error {
+	if meta.SkipGuestAgent {
+		if sourceMAC != "" {
+			return errdefs.Newf(errdefs.ErrFailedPrecondition, "invalid_request",
+				"a fork resumed from memory needs the guest agent to take its new identity")
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	c := m.agentFor(meta.ID, meta.VMMGen)
+	if err := c.Ping(ctx); err != nil {
+		if sourceMAC == "" {
+			m.log.Warn("restored guest's agent does not answer; clock not stepped", "id", meta.ID, "err", err)
+			return nil
+		}
+		return fmt.Errorf("guest agent after resume: %w", err)
+	}
+	if sourceMAC != "" {
+		if err := m.applyIdentity(ctx, c, meta, sourceMAC); err != nil {
+			return err
+		}
+	}
+	if err := c.SetTime(ctx, time.Now()); err != nil {
+		return fmt.Errorf("step guest clock: %w", err)
+	}
+	return nil
+}
+
+type identityClient interface {
+	SetNetwork(ctx context.Context, req proto.NetworkRequest) error
+	SetHostname(ctx context.Context, name string) error
+	AddEntropy(ctx context.Context, b []byte) error
+}
+
+// applyIdentity gives a resumed fork its own identity inside the guest.
+func (m *Manager) applyIdentity(ctx context.Context, c identityClient, meta *Metadata, sourceMAC string) error {
+	if n := meta.Network; n.Enabled && n.IP != "" {
+		err := c.SetNetwork(ctx, proto.NetworkRequest{OldMAC: sourceMAC, MAC: n.MAC, IP: n.IP,
+			PrefixLen: n.Prefix, Gateway: n.Gateway, FlushNeighbors: true})
+		if err != nil {
+			return fmt.Errorf("set guest network: %w", err)
+		}
+	}
+	if err := c.SetHostname(ctx, meta.Name); err != nil {
+		return fmt.Errorf("set guest hostname: %w", err)
+	}
+	seed := make([]byte, 64)
+	if _, err := rand.Read(seed); err != nil {
+		return err
+	}
+	if err := c.AddEntropy(ctx, seed); err != nil {
+		return fmt.Errorf("add guest entropy: %w", err)
+	}
+	if meta.Network.Enabled && meta.Network.TAP != "" {
+		return m.net.SetTAPUp(ctx, meta.Network.TAP, true)
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package instances
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hypeman-vm/hypeman/internal/errdefs"
+	"github.com/hypeman-vm/hypeman/internal/hypervisor"
+)
+
+// Standby puts a Running instance into standby: pause the VM, save its
+// device state (guest RAM already lives in the instance's memory file, so
+// nothing else is copied), end the VM process and delete its TAP. The
+// instance keeps its address and MAC for the restore. The snapshot exists
+// from the moment its manifest is written; a daemon killed before that
+// finds the VM paused and resumes it (Recover).
+func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
+	start := time.Now()
+	meta, inst, unlock, err := m.loadForOp(ctx, ref)
+	if err != nil {
+		return Instance{}, err
+	}
+	defer unlock()
+	if err := checkTransition(opStandby, inst.State); err != nil {
+		return Instance{}, err
+	}
+	err = m.standby(ctx, meta)
+	m.opLog(meta.ID, "standby", start, err, "")
+	if err != nil {
+		return Instance{}, err
+	}
+	return m.view(meta), nil
+}
+
+// currentVM returns the VM the manager watches for id.
+func (m *Manager) currentVM(id string) *runningVM {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.vms[id]
+}
+
+// standby is Standby with the instance lock held.
+func (m *Manager) standby(ctx context.Context, meta *Metadata) error {
+	rv := m.currentVM(meta.ID)
+	if rv == nil {
+		return fmt.Errorf("standby: no VM for %s", meta.ID)
+	}
+	snap, ok := rv.vm.(hypervisor.Snapshotter)
+	if !ok {
+		return errdefs.Newf(errdefs.ErrNotImplemented, "not_supported", "hypervisor %s cannot take snapshots", meta.Hypervisor)
+	}
+	dir := m.paths.InstanceStandbyDir(meta.ID)
+	meta.Pending = "standby"
+	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
+		return err
+	}
+	err := runSteps(ctx, m.log, "standby", []step{
+		{name: "pause", do: snap.Pause, undo: func(ctx context.Context) { _ = snap.Resume(ctx) }},
+		{name: "save-state", do: func(ctx context.Context) error { return m.saveState(ctx, snap, dir) },
+			undo: func(context.Context) { _ = os.RemoveAll(dir) }},
+		{name: "write-manifest", do: func(context.Context) error { return writeManifest(dir, m.memoryManifest(meta)) }},
+	})
+	if err != nil {
+		meta.Pending = ""
+		_ = saveMetadata(m.paths.InstanceMetadata(meta.ID), meta)
+		return err
+	}
+	// The snapshot is complete: from here on, finish whatever happens.
+	return m.finishStandby(ctx, meta, rv)
+}
+
+// saveState writes the VM's device state into a fresh snapshot dir.
+func (m *Manager) saveState(ctx context.Context, snap hypervisor.Snapshotter, dir string) error {
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return snap.SaveState(ctx, statePath(dir))
+}
+
+// memoryManifest describes where the instance's RAM is.
+func (m *Manager) memoryManifest(meta *Metadata) manifest {
+	if meta.MemoryBase != "" {
+		return manifest{Memory: meta.MemoryBase, MemoryBytes: meta.MemoryBytes}
+	}
+	return manifest{Memory: m.paths.InstanceMemory(meta.ID), MemoryShared: true, MemoryBytes: meta.MemoryBytes}
+}
+
+// finishStandby ends the paused VM whose snapshot is complete and detaches
+// its TAP; the address stays reserved for the restore.
+func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *runningVM) error {
+	var errs []error
+	if rv != nil {
+		if err := rv.vm.Kill(); err == nil {
+			_ = rv.vm.Wait(ctx)
+		}
+	}
+	if tap := meta.Network.TAP; tap != "" {
+		if err := m.net.DetachTAP(ctx, tap); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range []string{m.paths.InstancePIDFile(meta.ID, meta.VMMGen), m.paths.InstanceQMPSocket(meta.ID, meta.VMMGen),
+		m.paths.InstanceAgentSocket(meta.ID, meta.VMMGen)} {
+		_ = os.Remove(p)
+	}
+	now := time.Now().UTC()
+	meta.StoppedAt, meta.Pending = &now, ""
+	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
+		errs = append(errs, err)
+	}
+	m.dropAgent(meta.ID)
+	if rv != nil {
+		m.forgetVM(meta.ID, rv)
+	} else {
+		m.notify()
+	}
+	if len(errs) > 0 {
+		m.log.Warn("standby finished with errors", "id", meta.ID, "errs", errs)
+	}
+	return nil
+}
