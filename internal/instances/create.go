@@ -68,7 +68,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Instance, erro
 	op := &createOp{m: m, req: req, meta: meta, img: img}
 	unlock := m.lock(meta.ID)
 	defer unlock()
-	err = runSteps(ctx, m.log, "create", []step{
+	err = m.runSteps(ctx, "create", []step{
 		{name: "make-dir", do: op.makeDir, undo: op.removeDir},
 		{name: "create-overlay", do: op.createOverlay},
 		{name: "allocate-network", do: op.allocateNetwork, undo: op.releaseNetwork},

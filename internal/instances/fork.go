@@ -108,7 +108,7 @@ func (f *forkOp) run(ctx context.Context) error {
 			_ = os.RemoveAll(f.cleanup)
 		}
 	}()
-	return runSteps(ctx, f.m.log, "fork", []step{
+	return f.m.runSteps(ctx, "fork", []step{
 		{name: "freeze-source", do: f.freezeSource},
 		{name: "make-fork", do: f.makeFork, undo: f.removeFork},
 		{name: "target-state", do: f.reachTarget},
@@ -152,6 +152,11 @@ func (f *forkOp) makeFork(ctx context.Context) error {
 	fork.Overlay, fork.VMMGen, fork.Pending, fork.Freeze, fork.Creating = "overlay-0.qcow2", 0, "", nil, true
 	if f.state == "" || f.target == StateStopped {
 		fork.MemoryBase = ""
+	} else {
+		fork.Inherited, fork.InheritedMAC = true, src.Network.MAC
+		if src.Inherited {
+			fork.InheritedMAC = src.InheritedMAC
+		}
 	}
 	f.fork = fork
 	id := fork.ID
@@ -207,7 +212,7 @@ func (f *forkOp) reachTarget(ctx context.Context) error {
 	defer unlock()
 	switch {
 	case fork.MemoryBase != "" && f.target == StateRunning:
-		return m.resume(ctx, fork, f.src.Network.MAC)
+		return m.resume(ctx, fork)
 	case fork.MemoryBase != "": // Standby
 		return nil
 	case f.target == StateStopped:

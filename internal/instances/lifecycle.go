@@ -72,7 +72,7 @@ func (m *Manager) Start(ctx context.Context, ref string, req StartRequest) (Inst
 // bootFresh boots a stopped instance: a fresh network identity, a new
 // config disk, a new VM. On failure the instance is left Stopped.
 func (m *Manager) bootFresh(ctx context.Context, meta *Metadata, img Image) error {
-	err := runSteps(ctx, m.log, "start", []step{
+	err := m.runSteps(ctx, "start", []step{
 		{name: "allocate-network", do: func(ctx context.Context) error { return m.allocateNetwork(ctx, meta) },
 			undo: func(ctx context.Context) { _ = m.releaseNetwork(ctx, meta) }},
 		{name: "prepare-boot", do: func(ctx context.Context) error { meta.Boot++; return m.prepareBoot(meta, img) }},

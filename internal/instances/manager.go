@@ -96,6 +96,9 @@ type Config struct {
 	DeleteStopTimeout  time.Duration
 	Boot               BootFiles
 	UnavailableReasons map[hypervisor.Type]string
+	// CrashAfter ("op/step") kills the daemon right after that step. A test
+	// hook (HYPEMAN_TEST_CRASH_AFTER), for crash-consistency tests.
+	CrashAfter string
 }
 
 // Manager runs instances. All methods are safe for concurrent use.

@@ -77,6 +77,12 @@ type Metadata struct {
 	// VMMGen numbers the VMM processes of this instance; its files
 	// (sockets, pid file) carry the number.
 	VMMGen int `json:"vmm_gen"`
+	// Inherited is set on a fork (or an instance made from a snapshot)
+	// whose standby snapshot still holds its source's guest identity;
+	// InheritedMAC is the MAC the guest uses then. Its first resume gives it
+	// its own identity, then clears both.
+	Inherited    bool   `json:"inherited,omitempty"`
+	InheritedMAC string `json:"inherited_mac,omitempty"`
 	// Pending names an operation in progress ("standby", "restore",
 	// "freeze", "switch"); a daemon that finds it set at startup settles it.
 	Pending string `json:"pending,omitempty"`

@@ -25,7 +25,7 @@ func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
 	if err := checkTransition(opRestore, inst.State); err != nil {
 		return Instance{}, err
 	}
-	err = m.resume(ctx, meta, "")
+	err = m.resume(ctx, meta)
 	m.opLog(meta.ID, "restore", start, err, "")
 	if err != nil {
 		return Instance{}, err
@@ -33,11 +33,11 @@ func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
 	return m.view(meta), nil
 }
 
-// resume restores meta's VM from its standby snapshot. A fork resumes with
-// sourceMAC set: it gets a new address, MAC and hostname inside the guest,
-// fresh entropy, and its TAP stays down until the guest has taken them,
-// all before it counts as Running. The caller holds the instance lock.
-func (m *Manager) resume(ctx context.Context, meta *Metadata, sourceMAC string) error {
+// resume restores meta's VM from its standby snapshot. A fork (Inherited
+// set) gets a new address, MAC and hostname inside the guest, fresh
+// entropy, and its TAP stays down until the guest has taken them, all
+// before it counts as Running. The caller holds the instance lock.
+func (m *Manager) resume(ctx context.Context, meta *Metadata) error {
 	dir := m.paths.InstanceStandbyDir(meta.ID)
 	man, err := readManifest(dir)
 	if err != nil {
@@ -54,20 +54,20 @@ func (m *Manager) resume(ctx context.Context, meta *Metadata, sourceMAC string) 
 	if !ok {
 		return errdefs.Newf(errdefs.ErrNotImplemented, "not_supported", "hypervisor %s cannot restore snapshots", meta.Hypervisor)
 	}
-	fork := sourceMAC != ""
+	fork := meta.Inherited
 	meta.Pending = "restore"
 	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
 		return err
 	}
 	var vm hypervisor.VM
-	err = runSteps(ctx, m.log, "restore", []step{
+	err = m.runSteps(ctx, "restore", []step{
 		{name: "network", do: func(ctx context.Context) error { return m.attachNetwork(ctx, meta, fork) },
 			undo: func(ctx context.Context) { m.detachNetwork(ctx, meta, fork) }},
 		{name: "restore-vm", do: func(ctx context.Context) (err error) {
 			vm, err = m.restoreVM(ctx, hv, meta, img, statePath(dir))
 			return err
 		}, undo: func(ctx context.Context) { _ = vm.Kill(); _ = vm.Wait(ctx) }},
-		{name: "guest", do: func(ctx context.Context) error { return m.refreshGuest(ctx, meta, sourceMAC) }},
+		{name: "guest", do: func(ctx context.Context) error { return m.refreshGuest(ctx, meta) }},
 	})
 	meta.Pending = ""
 	if err != nil {
@@ -78,7 +78,7 @@ func (m *Manager) resume(ctx context.Context, meta *Metadata, sourceMAC string) 
 	if meta.StartedAt == nil {
 		meta.StartedAt = &now
 	}
-	meta.StoppedAt = nil
+	meta.StoppedAt, meta.Inherited, meta.InheritedMAC = nil, false, ""
 	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
 		return err
 	}
@@ -140,11 +140,12 @@ func fileExists(p string) bool {
 }
 
 // refreshGuest runs the agent calls a resumed guest needs: the clock
-// always; for a fork (sourceMAC set) also its new network identity,
-// hostname and entropy, after which its TAP comes up.
-func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata, sourceMAC string) error {
+// always; for a fork also its new network identity, hostname and entropy,
+// after which its TAP comes up.
+func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata) error {
+	fork := meta.Inherited
 	if meta.SkipGuestAgent {
-		if sourceMAC != "" {
+		if fork {
 			return errdefs.Newf(errdefs.ErrFailedPrecondition, "invalid_request",
 				"a fork resumed from memory needs the guest agent to take its new identity")
 		}
@@ -154,14 +155,14 @@ func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata, sourceMAC st
 	defer cancel()
 	c := m.agentFor(meta.ID, meta.VMMGen)
 	if err := c.Ping(ctx); err != nil {
-		if sourceMAC == "" {
+		if !fork {
 			m.log.Warn("restored guest's agent does not answer; clock not stepped", "id", meta.ID, "err", err)
 			return nil
 		}
 		return fmt.Errorf("guest agent after resume: %w", err)
 	}
-	if sourceMAC != "" {
-		if err := m.applyIdentity(ctx, c, meta, sourceMAC); err != nil {
+	if fork {
+		if err := m.applyIdentity(ctx, c, meta, meta.InheritedMAC); err != nil {
 			return err
 		}
 	}
@@ -179,7 +180,7 @@ type identityClient interface {
 
 // applyIdentity gives a resumed fork its own identity inside the guest.
 func (m *Manager) applyIdentity(ctx context.Context, c identityClient, meta *Metadata, sourceMAC string) error {
-	if n := meta.Network; n.Enabled && n.IP != "" {
+	if n := meta.Network; n.Enabled && n.IP != "" && sourceMAC != "" {
 		err := c.SetNetwork(ctx, proto.NetworkRequest{OldMAC: sourceMAC, MAC: n.MAC, IP: n.IP,
 			PrefixLen: n.Prefix, Gateway: n.Gateway, FlushNeighbors: true})
 		if err != nil {

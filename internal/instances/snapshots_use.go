@@ -117,8 +117,13 @@ func (m *Manager) instanceFromSnapshot(ctx context.Context, meta *Metadata, snap
 	}
 	meta.MemoryBase = ""
 	resume := snap.Kind == KindStandby && target != StateStopped
+	meta.Inherited, meta.InheritedMAC = false, ""
 	if resume {
 		meta.MemoryBase = snap.MemoryBase
+		meta.Inherited, meta.InheritedMAC = true, snap.Source.Network.MAC
+		if snap.Source.Inherited {
+			meta.InheritedMAC = snap.Source.InheritedMAC
+		}
 	}
 	undo := func() {
 		if fresh {
@@ -132,7 +137,7 @@ func (m *Manager) instanceFromSnapshot(ctx context.Context, meta *Metadata, snap
 	var err error
 	switch {
 	case resume && target == StateRunning:
-		err = m.resume(ctx, meta, snap.Source.Network.MAC)
+		err = m.resume(ctx, meta)
 	case target == StateRunning:
 		err = m.bootFromDisk(ctx, meta)
 	}

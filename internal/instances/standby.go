@@ -56,7 +56,7 @@ func (m *Manager) standby(ctx context.Context, meta *Metadata) error {
 	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
 		return err
 	}
-	err := runSteps(ctx, m.log, "standby", []step{
+	err := m.runSteps(ctx, "standby", []step{
 		{name: "pause", do: snap.Pause, undo: func(ctx context.Context) { _ = snap.Resume(ctx) }},
 		{name: "save-state", do: func(ctx context.Context) error { return m.saveState(ctx, snap, dir) },
 			undo: func(context.Context) { _ = os.RemoveAll(dir) }},

@@ -36,7 +36,7 @@ func (m *Manager) freezeRunning(ctx context.Context, meta *Metadata) (state stri
 	sw := &switchOp{m: m, cur: meta, old: old, snap: snap, hv: hv, img: img,
 		plan: planFreeze(meta, true), dir: filepath.Join(m.paths.InstanceDir(meta.ID), "switch")}
 	sw.next = meta.clone()
-	err = runSteps(ctx, m.log, "freeze-running", []step{
+	err = m.runSteps(ctx, "freeze-running", []step{
 		{name: "record", do: sw.record, undo: sw.unrecord},
 		{name: "freeze-files", do: sw.freezeFiles, undo: sw.thawFiles},
 		{name: "tap", do: sw.attachTAP, undo: sw.detachTAP},

@@ -33,6 +33,29 @@ type daemon struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
+	// extraEnv is added to the daemon's environment at its next start.
+	extraEnv []string
+	// exited is set when the running daemon process ended by itself.
+	exited bool
+}
+
+// waitExit waits until the daemon process has ended by itself (a crash).
+func (d *daemon) waitExit(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		d.mu.Lock()
+		gone := d.exited
+		d.mu.Unlock()
+		if gone {
+			d.mu.Lock()
+			d.cmd, d.exited = nil, false
+			d.mu.Unlock()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("daemon %s did not crash as planned\n%s", d.name, d.log())
 }
 
 var (
@@ -119,7 +142,7 @@ func (d *daemon) launch() error {
 	}
 	defer logf.Close()
 	cmd := exec.Command(os.Getenv(envBin), "serve", "--debug")
-	cmd.Env = d.env()
+	cmd.Env = append(d.env(), d.extraEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -134,13 +157,23 @@ func (d *daemon) launch() error {
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-exited:
+			d.mu.Lock()
+			d.cmd = nil
+			d.mu.Unlock()
 			return fmt.Errorf("daemon %s exited: %v\n%s", d.name, err, d.log())
 		default:
 		}
 		if resp, err := http.Get("http://" + d.addr + "/health"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				go func() { <-exited }()
+				go func() {
+					<-exited
+					d.mu.Lock()
+					if d.cmd == cmd {
+						d.exited = true
+					}
+					d.mu.Unlock()
+				}()
 				return nil
 			}
 		}
