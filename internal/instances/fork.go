@@ -112,7 +112,15 @@ func (f *forkOp) run(ctx context.Context) error {
 		{name: "freeze-source", do: f.freezeSource},
 		{name: "make-fork", do: f.makeFork, undo: f.removeFork},
 		{name: "target-state", do: f.reachTarget},
+		{name: "commit", do: f.commit},
 	})
+}
+
+// commit makes the fork visible: until now it was Creating, so a daemon
+// killed at any earlier point removes it at startup.
+func (f *forkOp) commit(ctx context.Context) error {
+	f.fork.Creating = false
+	return saveMetadata(f.m.paths.InstanceMetadata(f.fork.ID), f.fork)
 }
 
 // freezeSource shares the source's disk (and RAM, when the fork is to
@@ -177,7 +185,6 @@ func (f *forkOp) makeFork(ctx context.Context) error {
 			return err
 		}
 	}
-	fork.Creating = false
 	return saveMetadata(m.paths.InstanceMetadata(id), fork)
 }
 

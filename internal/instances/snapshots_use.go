@@ -141,6 +141,10 @@ func (m *Manager) instanceFromSnapshot(ctx context.Context, meta *Metadata, snap
 	case target == StateRunning:
 		err = m.bootFromDisk(ctx, meta)
 	}
+	if err == nil && meta.Creating {
+		meta.Creating = false // visible only now: a crash before removes it
+		err = saveMetadata(m.paths.InstanceMetadata(meta.ID), meta)
+	}
 	if err != nil {
 		undo()
 	}
@@ -185,7 +189,6 @@ func (m *Manager) writeFromSnapshot(ctx context.Context, meta *Metadata, snap *S
 			return err
 		}
 	}
-	meta.Creating = false
 	return saveMetadata(m.paths.InstanceMetadata(id), meta)
 }
 
