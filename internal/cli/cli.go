@@ -63,7 +63,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.configPath, "config", "", "config file (default $HYPEMAN_CONFIG or "+config.DefaultPath+")")
 	root.AddCommand(a.serveCommand(), a.setupCommand(), a.tokenCommand(), a.runCommand(), a.psCommand(), a.logsCommand(),
 		a.stopCommand(), a.startCommand(), a.rmCommand(), a.pullCommand(), a.imagesCommand(),
-		a.pushCommand(), a.inspectCommand(), a.execCommand(), a.cpCommand())
+		a.pushCommand(), a.inspectCommand(), a.standbyCommand(), a.restoreCommand(), a.forkCommand(), a.snapshotCommand(), a.execCommand(), a.cpCommand())
 	return root
 }
 

@@ -1009,6 +1009,469 @@ check('instances.stats of a Running instance', async () => {
   assert.ok(Math.abs(st.memory_utilization_ratio - st.memory_rss_bytes / st.allocated_memory_bytes) < 1e-6, 'ratio = rss / allocated');
 }, { needs: RUNNING });
 
+// ---------------------------------------------------------------- standby, restore, fork, snapshots
+//
+// Reference 2.3 (standby/restore/fork), 2.5, 2.6, 3.3-3.6, 4.6, 6.3, 6.4.
+// All on the main instance while it is Running, and on forks resumed from
+// its memory: no fresh boot here (restores and forks from memory take
+// about a second each). Every fork is deleted before the stop section, so
+// the checks there still see main alone under its tags.
+
+const IPV4 = /^\d+\.\d+\.\d+\.\d+$/;
+const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+const made = {}; // instances this section makes, by role
+const snaps = {}; // snapshots this section makes, by role
+let mainNet; // main's network before its standby
+const snapName = `snap-${run}`; // used by two sources: unique per source only
+
+// expectSnapshot checks a Snapshot object (reference 4.6).
+function expectSnapshot(sn, { kind, source, name = '', tags, after }) {
+  assert.match(sn.id, /^[a-z0-9]{24}$/, 'CUID2 id');
+  assert.equal(sn.kind, kind);
+  assert.equal(sn.source_instance_id, source.id);
+  assert.equal(sn.source_instance_name, source.name);
+  assert.equal(sn.source_hypervisor, 'qemu');
+  assert.ok(isTime(sn.created_at), `created_at ${sn.created_at}`);
+  if (after !== undefined) {
+    const t = Date.parse(sn.created_at);
+    assert.ok(t >= after - 2000 && t <= Date.now() + 2000, `created_at ${sn.created_at} is now`);
+  }
+  assert.equal(typeof sn.size_bytes, 'number');
+  assert.ok(Number.isInteger(sn.size_bytes) && sn.size_bytes > 0, `size_bytes ${sn.size_bytes}`);
+  assert.equal(sn.name, name, 'name ("" when unnamed)');
+  if (tags !== undefined) assert.deepEqual(sn.tags ?? {}, tags);
+}
+
+// expectCopied checks what a fork copies from its source (reference 6.4
+// rule 7) and what it gets new.
+function expectCopied(fork, name) {
+  assert.match(fork.id, /^[a-z0-9]{24}$/, 'CUID2 id');
+  assert.notEqual(fork.id, main.id, 'its own id');
+  assert.equal(fork.name, name);
+  assert.equal(fork.image, image);
+  assert.deepEqual(fork.env, { GREETING: greeting });
+  assert.deepEqual(fork.tags, tags);
+  assert.equal(fork.hypervisor, 'qemu');
+  assert.equal(fork.vcpus, main.vcpus);
+  assert.equal(fork.size, main.size);
+  assert.ok(isTime(fork.created_at));
+  assert.ok(Date.parse(fork.created_at) > Date.parse(main.created_at), 'created_at is the fork\'s');
+  assert.equal(fork.exit_code ?? null, null);
+}
+
+// expectOwnIdentity checks that a Running instance made from main's
+// memory has its own address and MAC (in the API) and its own hostname
+// (in the guest), and that exec reaches it.
+async function expectOwnIdentity(inst, name) {
+  assert.equal(inst.state, 'Running', `state ${inst.state}`);
+  assert.match(inst.network?.ip ?? '', IPV4, 'an IP');
+  assert.match(inst.network?.mac ?? '', MAC, 'a MAC');
+  assert.notEqual(inst.network.ip, mainNet.ip, 'an IP of its own');
+  assert.notEqual(inst.network.mac, mainNet.mac, 'a MAC of its own');
+  const r = await exec(baseURL, apiKey, inst.id, { command: ['hostname'], wait_for_agent: 30 });
+  assertExit(r, 0, `${name}\n`);
+}
+
+async function deleteInstance(id) {
+  const res = await client.instances.delete(id, { graceful_shutdown: false }).asResponse();
+  assert.equal(res.status, 204);
+}
+
+// notRetried runs call with the retrying client and checks the SDK sent
+// exactly one request: the server marked the error x-should-retry: false.
+async function notRetried(call, Class, status, code) {
+  const mark = requests.length;
+  const err = await expectError(call(), Class, status, code);
+  assert.equal(err.headers.get('x-should-retry'), 'false', 'x-should-retry: false');
+  assert.equal(requestsSince(mark).length, 1, `requests sent: ${JSON.stringify(requestsSince(mark))}`);
+  return err;
+}
+
+// -- standby and restore of main
+
+check('instances.standby of a Running instance: 200, Standby, has_snapshot', async () => {
+  mainNet = (await client.instances.get(main.id)).network;
+  assert.match(mainNet.ip ?? '', IPV4);
+  const { data, response } = await client.instances.standby(main.id, undefined, { maxRetries: 0, timeout: 60_000 }).withResponse();
+  assert.equal(response.status, 200);
+  assert.equal(data.id, main.id);
+  assert.equal(data.state, 'Standby');
+  assert.equal(data.has_snapshot, true);
+  const got = await client.instances.get(main.id);
+  assert.equal(got.state, 'Standby');
+  assert.equal(got.has_snapshot, true);
+  const w = await client.instances.wait(main.id, { state: 'Standby', timeout: '5s' });
+  assert.deepEqual({ state: w.state, timed_out: w.timed_out }, { state: 'Standby', timed_out: false });
+  const ids = (await client.instances.list({ state: 'Standby', tags: { run: prefix } })).map((i) => i.id);
+  assert.deepEqual(ids, [main.id], 'list state=Standby');
+}, { needs: RUNNING });
+const STANDBY = [...RUNNING, 'instances.standby of a Running instance: 200, Standby, has_snapshot'];
+
+check('standby of a Standby instance is 409 invalid_state, not retried', async () => {
+  await notRetried(() => client.instances.standby(main.id), ConflictError, 409, 'invalid_state');
+}, { needs: STANDBY });
+
+check('exec and stat on a Standby instance are 409 invalid_state', async () => {
+  const body = await expectHandshake(openExec(baseURL, apiKey, main.id), 409, 'invalid_state');
+  assert.match(body.message, /current state: Standby/);
+  const err = await expectError(noRetry.instances.stat(main.id, { path: '/' }), ConflictError, 409, 'invalid_state');
+  assert.match(err.error.message, /current state: Standby/);
+}, { needs: STANDBY });
+
+check('fork of a Standby instance: 201, default target Standby, source untouched', async () => {
+  const name = `${prefix}-fs`;
+  const { data, response } = await client.instances.fork(main.id, { name }, { maxRetries: 0, timeout: 60_000 }).withResponse();
+  made.fs = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  assert.equal(data.state, 'Standby');
+  assert.equal(data.has_snapshot, true);
+  assert.equal((await client.instances.get(data.id)).state, 'Standby');
+  assert.equal((await client.instances.get(main.id)).state, 'Standby', 'the source stays Standby');
+}, { needs: STANDBY });
+const FS = [...STANDBY, 'fork of a Standby instance: 201, default target Standby, source untouched'];
+
+check('fork of a Standby instance with target_state Running: its own id, name, ip, mac, hostname', async () => {
+  const name = `${prefix}-fsr`;
+  const { data, response } = await client.instances
+    .fork(main.id, { name, target_state: 'Running' }, { maxRetries: 0, timeout: BOOT_WAIT_MS })
+    .withResponse();
+  made.fsr = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  await expectOwnIdentity(data, name);
+  assert.equal((await client.instances.get(main.id)).state, 'Standby', 'the source stays Standby');
+  await deleteInstance(data.id);
+  delete made.fsr;
+}, { needs: STANDBY });
+
+check('fork of a Standby instance with target_state Stopped', async () => {
+  const name = `${prefix}-fss`;
+  const { data, response } = await client.instances
+    .fork(main.id, { name, target_state: 'Stopped' }, { maxRetries: 0, timeout: 60_000 })
+    .withResponse();
+  made.fss = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  assert.equal(data.state, 'Stopped');
+  assert.equal(data.has_snapshot ?? false, false);
+  assert.equal((await client.instances.get(data.id)).state, 'Stopped');
+}, { needs: STANDBY });
+const FSS = [...STANDBY, 'fork of a Standby instance with target_state Stopped'];
+
+check('snapshots.create kind Standby from a Standby instance (201; source stays Standby)', async () => {
+  const t0 = Date.now();
+  const { data, response } = await client.instances.snapshots
+    .create(made.fs.id, { kind: 'Standby', name: snapName, tags: { run: prefix, snap: 'b' } }, { maxRetries: 0, timeout: 60_000 })
+    .withResponse();
+  snaps.b = data;
+  assert.equal(response.status, 201);
+  expectSnapshot(data, { kind: 'Standby', source: made.fs, name: snapName, tags: { run: prefix, snap: 'b' }, after: t0 });
+  const got = await client.instances.get(made.fs.id);
+  assert.equal(got.state, 'Standby');
+  assert.equal(got.has_snapshot, true);
+}, { needs: FS });
+const SNAP_B = [...FS, 'snapshots.create kind Standby from a Standby instance (201; source stays Standby)'];
+
+check('instances.restore of a Standby instance: 200, Running, same ip and mac', async () => {
+  const { data, response } = await client.instances.restore(main.id, { maxRetries: 0, timeout: BOOT_WAIT_MS }).withResponse();
+  assert.equal(response.status, 200);
+  assert.equal(data.id, main.id);
+  assert.ok(['Running', 'Initializing'].includes(data.state), `state ${data.state}`);
+  assert.equal(data.has_snapshot ?? false, false, 'has_snapshot after restore');
+  assert.equal(data.network.ip, mainNet.ip, 'same IP');
+  assert.equal(data.network.mac, mainNet.mac, 'same MAC');
+  await waitRunning(main.id);
+  assertExit(await execMain({ command: ['hostname'], wait_for_agent: 30 }), 0, `${mainName}\n`);
+  assertExit(await execMain(sh(`cat ${guestRoot}/tree/data.json`)), 0, jsonLike['data.json']);
+}, { needs: STANDBY });
+const RESTORED = [...STANDBY, 'instances.restore of a Standby instance: 200, Running, same ip and mac'];
+
+check('restore of a Running instance is 409 invalid_state, not retried', async () => {
+  await notRetried(() => client.instances.restore(main.id), ConflictError, 409, 'invalid_state');
+}, { needs: RESTORED });
+
+// -- fork
+
+check('fork of a Running instance without from_running is 409 invalid_state', async () => {
+  const err = await notRetried(() => client.instances.fork(main.id, { name: `${prefix}-nofr` }), ConflictError, 409, 'invalid_state');
+  assert.match(err.error.message, /from_running/);
+  await expectError(noRetry.instances.get(`${prefix}-nofr`), NotFoundError, 404, 'not_found');
+}, { needs: RESTORED });
+
+check('fork with from_running: 201, Running fork with its own identity, source still Running', async () => {
+  const name = `${prefix}-fr`;
+  const { data, response } = await client.instances
+    .fork(main.id, { name, from_running: true }, { maxRetries: 0, timeout: BOOT_WAIT_MS })
+    .withResponse();
+  made.fr = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  await expectOwnIdentity(data, name);
+  const src = await client.instances.get(main.id);
+  assert.equal(src.state, 'Running', 'the source stays Running');
+  assert.equal(src.network.ip, mainNet.ip);
+  assertExit(await execMain({ command: ['hostname'] }), 0, `${mainName}\n`);
+  await deleteInstance(data.id);
+  delete made.fr;
+}, { needs: RESTORED });
+
+check('fork with a taken name is 409 name_conflict, not retried', async () => {
+  // A name the source has, and a name another fork has.
+  await notRetried(() => client.instances.fork(main.id, { name: mainName, from_running: true }), ConflictError, 409, 'name_conflict');
+  await notRetried(() => client.instances.fork(made.fss.id, { name: made.fs.name }), ConflictError, 409, 'name_conflict');
+  assert.equal((await client.instances.get(main.id)).state, 'Running');
+}, { needs: [...RESTORED, ...FS, ...FSS] });
+
+check('fork with a bad name, or no name, is 400', async () => {
+  for (const name of ['Bad_Name', '-dash', 'x'.repeat(64)]) {
+    await expectError(noRetry.instances.fork(main.id, { name, from_running: true }), BadRequestError, 400, [VAL, 'invalid_request']);
+  }
+  await expectError(noRetry.instances.fork(main.id, { from_running: true }), BadRequestError, 400, [VAL, 'invalid_request']);
+}, { needs: MAIN });
+
+check('fork with a bad target_state is 400', async () => {
+  for (const target_state of ['Paused', 'running', 'Unknown']) {
+    await expectError(
+      noRetry.instances.fork(main.id, { name: `${prefix}-bad`, from_running: true, target_state }),
+      BadRequestError, 400, [VAL, 'invalid_request'],
+    );
+  }
+}, { needs: MAIN });
+
+check('fork of an unknown instance is 404 not_found', async () => {
+  await expectError(noRetry.instances.fork(unknownId, { name: `${prefix}-orphan` }), NotFoundError, 404, 'not_found');
+});
+
+check('fork of a Stopped instance: 201, default target Stopped', async () => {
+  const name = `${prefix}-fstop`;
+  const { data, response } = await client.instances.fork(made.fss.id, { name }, { maxRetries: 0, timeout: 60_000 }).withResponse();
+  made.fstop = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  assert.notEqual(data.id, made.fss.id);
+  assert.equal(data.state, 'Stopped');
+  assert.equal((await client.instances.get(made.fss.id)).state, 'Stopped', 'the source stays Stopped');
+  await deleteInstance(data.id);
+  delete made.fstop;
+}, { needs: FSS });
+
+// -- stored snapshots
+
+check('snapshots.create kind Standby from a Running instance (201; source stays Running)', async () => {
+  const t0 = Date.now();
+  const { data, response } = await client.instances.snapshots
+    .create(main.id, { kind: 'Standby', name: snapName, tags: { run: prefix, snap: 'a' } }, { maxRetries: 0, timeout: 60_000 })
+    .withResponse();
+  snaps.a = data;
+  assert.equal(response.status, 201);
+  expectSnapshot(data, { kind: 'Standby', source: main, name: snapName, tags: { run: prefix, snap: 'a' }, after: t0 });
+  assert.notEqual(data.id, snaps.b?.id);
+  const got = await client.instances.get(main.id);
+  assert.equal(got.state, 'Running', 'the source stays Running');
+  assert.equal(got.has_snapshot ?? false, false, 'a stored snapshot is not the standby snapshot');
+  assertExit(await execMain(sh('echo still here')), 0, 'still here\n');
+}, { needs: RESTORED });
+const SNAP_A = [...RESTORED, 'snapshots.create kind Standby from a Running instance (201; source stays Running)'];
+
+check('snapshots.create kind Stopped from a Running instance is 409 conflict', async () => {
+  const err = await notRetried(() => client.instances.snapshots.create(main.id, { kind: 'Stopped' }), ConflictError, 409, 'conflict');
+  assert.match(err.error.message, /Stopped/);
+}, { needs: RESTORED });
+
+check('snapshots.create kind Stopped from a Stopped instance (unnamed: name "")', async () => {
+  const t0 = Date.now();
+  const { data, response } = await client.instances.snapshots
+    .create(made.fss.id, { kind: 'Stopped' }, { maxRetries: 0, timeout: 60_000 })
+    .withResponse();
+  snaps.c = data;
+  assert.equal(response.status, 201);
+  expectSnapshot(data, { kind: 'Stopped', source: made.fss, name: '', tags: {}, after: t0 });
+  assert.equal((await client.instances.get(made.fss.id)).state, 'Stopped');
+}, { needs: FSS });
+const SNAP_C = [...FSS, 'snapshots.create kind Stopped from a Stopped instance (unnamed: name "")'];
+
+check('snapshots.create kind Standby from a Stopped instance is 409 conflict', async () => {
+  await notRetried(() => client.instances.snapshots.create(made.fss.id, { kind: 'Standby' }), ConflictError, 409, 'conflict');
+}, { needs: FSS });
+
+check('snapshots.create: a name is unique per source (409 conflict), not across sources', async () => {
+  await notRetried(
+    () => client.instances.snapshots.create(main.id, { kind: 'Standby', name: snapName }),
+    ConflictError, 409, 'conflict',
+  );
+  const { data, response } = await client.instances.snapshots
+    .create(made.fss.id, { kind: 'Stopped', name: snapName }, { maxRetries: 0, timeout: 60_000 })
+    .withResponse();
+  snaps.d = data;
+  assert.equal(response.status, 201);
+  expectSnapshot(data, { kind: 'Stopped', source: made.fss, name: snapName });
+}, { needs: [...SNAP_A, ...FSS] });
+const SNAP_D = [...SNAP_A, ...FSS, 'snapshots.create: a name is unique per source (409 conflict), not across sources'];
+
+check('snapshots.create with a bad kind or name is 400; on an unknown instance 404', async () => {
+  await expectError(noRetry.instances.snapshots.create(main.id, { kind: 'Paused' }), BadRequestError, 400, [VAL, 'invalid_request']);
+  await expectError(noRetry.instances.snapshots.create(main.id, {}), BadRequestError, 400, [VAL, 'invalid_request']);
+  await expectError(
+    noRetry.instances.snapshots.create(main.id, { kind: 'Standby', name: 'Bad_Name' }),
+    BadRequestError, 400, [VAL, 'invalid_request'],
+  );
+  await expectError(noRetry.instances.snapshots.create(unknownId, { kind: 'Stopped' }), NotFoundError, 404, 'not_found');
+}, { needs: MAIN });
+
+check('snapshots.list with source_instance_id, kind, name and tags filters', async () => {
+  const ours = new Set(Object.values(snaps).map((s) => s.id));
+  const ids = async (q) => (await client.snapshots.list(q)).map((s) => s.id).filter((id) => ours.has(id)).sort();
+  const want = (...ks) => ks.map((k) => snaps[k].id).sort();
+  const all = await client.snapshots.list();
+  assert.ok(Array.isArray(all));
+  assert.deepEqual(all.map((s) => s.id).filter((id) => ours.has(id)).sort(), want('a', 'b', 'c', 'd'), 'unfiltered');
+  const a = all.find((s) => s.id === snaps.a.id);
+  assert.deepEqual(a, snaps.a, 'a listed snapshot is the created object');
+  assert.deepEqual(await ids({ source_instance_id: main.id }), want('a'));
+  assert.deepEqual(await ids({ source_instance_id: made.fss.id }), want('c', 'd'));
+  assert.deepEqual(await ids({ source_instance_id: made.fss.id, kind: 'Stopped' }), want('c', 'd'));
+  assert.deepEqual(await ids({ source_instance_id: made.fss.id, kind: 'Standby' }), []);
+  assert.deepEqual(await ids({ kind: 'Standby' }), want('a', 'b'));
+  assert.deepEqual(await ids({ name: snapName }), want('a', 'b', 'd'));
+  assert.deepEqual(await ids({ name: snapName, kind: 'Stopped' }), want('d'));
+  assert.deepEqual(await ids({ tags: { run: prefix } }), want('a', 'b'));
+  assert.deepEqual(await ids({ tags: { run: prefix, snap: 'a' } }), want('a'), 'tags are ANDed');
+  assert.deepEqual(await ids({ tags: { run: prefix, snap: 'zz' } }), []);
+  assert.deepEqual(await client.snapshots.list({ source_instance_id: unknownId }), []);
+  await expectError(noRetry.snapshots.list({ kind: 'Paused' }), BadRequestError, 400, VAL);
+}, { needs: [...SNAP_B, ...SNAP_C, ...SNAP_D] });
+
+check('snapshots.get returns the object; an unknown id is 404 not_found', async () => {
+  assert.deepEqual(await client.snapshots.get(snaps.a.id), snaps.a);
+  assert.deepEqual(await client.snapshots.get(snaps.c.id), snaps.c);
+  await expectError(noRetry.snapshots.get(unknownId), NotFoundError, 404, 'not_found');
+}, { needs: [...SNAP_A, ...SNAP_C] });
+
+check('snapshots.fork of a Standby snapshot: 201, default Running, its own identity', async () => {
+  const name = `${prefix}-sfa`;
+  const { data, response } = await client.snapshots.fork(snaps.a.id, { name }, { maxRetries: 0, timeout: BOOT_WAIT_MS }).withResponse();
+  made.sfa = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  await expectOwnIdentity(data, name);
+  assert.equal((await client.instances.get(main.id)).state, 'Running', 'the source is untouched');
+  await deleteInstance(data.id);
+  delete made.sfa;
+}, { needs: SNAP_A });
+
+check('snapshots.fork errors: bad name 400, taken name 409, Standby target of a Stopped snapshot 400, unknown 404', async () => {
+  await expectError(noRetry.snapshots.fork(snaps.c.id, { name: 'Bad_Name' }), BadRequestError, 400, [VAL, 'invalid_request']);
+  await expectError(noRetry.snapshots.fork(snaps.c.id, {}), BadRequestError, 400, [VAL, 'invalid_request']);
+  await notRetried(() => client.snapshots.fork(snaps.c.id, { name: mainName }), ConflictError, 409, ['name_conflict', 'conflict']);
+  const err = await expectError(
+    noRetry.snapshots.fork(snaps.c.id, { name: `${prefix}-sfbad`, target_state: 'Standby' }),
+    BadRequestError, 400, 'invalid_request',
+  );
+  assert.match(err.error.message, /Standby/);
+  await expectError(
+    noRetry.snapshots.fork(snaps.c.id, { name: `${prefix}-sfbad`, target_state: 'Paused' }),
+    BadRequestError, 400, [VAL, 'invalid_request'],
+  );
+  await expectError(noRetry.snapshots.fork(unknownId, { name: `${prefix}-sfbad` }), NotFoundError, 404, 'not_found');
+  await expectError(noRetry.instances.get(`${prefix}-sfbad`), NotFoundError, 404, 'not_found');
+}, { needs: [...MAIN, ...SNAP_C] });
+
+check('snapshots.restore on a Running source is 409 invalid_state', async () => {
+  const err = await notRetried(() => client.instances.snapshots.restore(snaps.a.id, { id: main.id }), ConflictError, 409, 'invalid_state');
+  assert.match(err.error.message, /Running/);
+  assert.equal((await client.instances.get(main.id)).state, 'Running');
+}, { needs: SNAP_A });
+
+check('snapshots.restore of another instance\'s snapshot is 400', async () => {
+  const err = await expectError(
+    noRetry.instances.snapshots.restore(snaps.a.id, { id: made.fss.id }),
+    BadRequestError, 400, 'invalid_request',
+  );
+  assert.match(err.error.message, /belongs to/);
+  await expectError(noRetry.instances.snapshots.restore(unknownId, { id: made.fss.id }), NotFoundError, 404, 'not_found');
+  await expectError(noRetry.instances.snapshots.restore(snaps.c.id, { id: unknownId }), NotFoundError, 404, 'not_found');
+}, { needs: [...SNAP_A, ...SNAP_C] });
+
+check('snapshots.restore of a Stopped snapshot in place: default and target_state Stopped', async () => {
+  const fss = made.fss;
+  for (const [sn, body] of [[snaps.c, {}], [snaps.d, { target_state: 'Stopped' }]]) {
+    const { data, response } = await client.instances.snapshots
+      .restore(sn.id, { id: fss.id, ...body }, { maxRetries: 0, timeout: 60_000 })
+      .withResponse();
+    assert.equal(response.status, 200);
+    assert.equal(data.id, fss.id, 'keeps its id');
+    assert.equal(data.name, fss.name, 'keeps its name');
+    assert.equal(data.state, 'Stopped');
+  }
+  await expectError(
+    noRetry.instances.snapshots.restore(snaps.c.id, { id: fss.id, target_state: 'Standby' }),
+    BadRequestError, 400, 'invalid_request',
+  );
+  await expectError(
+    noRetry.instances.snapshots.restore(snaps.c.id, { id: fss.id, target_hypervisor: 'firecracker' }),
+    BadRequestError, 400, 'invalid_request',
+  );
+}, { needs: [...SNAP_C, ...SNAP_D] });
+
+check('snapshots.restore of a Standby snapshot in place: target_state Standby, then Running with the instance\'s identity', async () => {
+  const fs_ = made.fs;
+  const sb = await client.instances.snapshots.restore(snaps.b.id, { id: fs_.id, target_state: 'Standby' }, { maxRetries: 0, timeout: 60_000 });
+  assert.equal(sb.id, fs_.id);
+  assert.equal(sb.state, 'Standby');
+  assert.equal(sb.has_snapshot, true);
+  const { data, response } = await client.instances.snapshots
+    .restore(snaps.b.id, { id: fs_.id, target_state: 'Running' }, { maxRetries: 0, timeout: BOOT_WAIT_MS })
+    .withResponse();
+  assert.equal(response.status, 200);
+  assert.equal(data.id, fs_.id, 'keeps its id');
+  assert.equal(data.name, fs_.name, 'keeps its name');
+  await expectOwnIdentity(data, fs_.name);
+  await notRetried(() => client.instances.snapshots.restore(snaps.b.id, { id: fs_.id }), ConflictError, 409, 'invalid_state');
+  await deleteInstance(fs_.id);
+  delete made.fs;
+}, { needs: SNAP_B });
+
+check('snapshots outlive their source: snapshots.fork of a Stopped snapshot after the source is deleted (default Stopped)', async () => {
+  await deleteInstance(made.fss.id);
+  const source = made.fss;
+  delete made.fss;
+  assert.deepEqual(await client.snapshots.get(snaps.c.id), snaps.c);
+  const name = `${prefix}-sfc`;
+  const { data, response } = await client.snapshots.fork(snaps.c.id, { name }, { maxRetries: 0, timeout: 60_000 }).withResponse();
+  made.sfc = data;
+  assert.equal(response.status, 201);
+  expectCopied(data, name);
+  assert.notEqual(data.id, source.id);
+  assert.equal(data.state, 'Stopped');
+  assert.equal((await client.instances.get(data.id)).state, 'Stopped');
+  await deleteInstance(data.id);
+  delete made.sfc;
+}, { needs: SNAP_C });
+
+check('snapshots.delete: 204, then get and delete are 404', async () => {
+  const res = await client.snapshots.delete(snaps.d.id).asResponse();
+  assert.equal(res.status, 204);
+  await expectError(noRetry.snapshots.get(snaps.d.id), NotFoundError, 404, 'not_found');
+  await expectError(noRetry.snapshots.delete(snaps.d.id), NotFoundError, 404, 'not_found');
+  assert.ok(!(await client.snapshots.list({ name: snapName })).some((s) => s.id === snaps.d.id), 'gone from the list');
+  delete snaps.d;
+}, { needs: SNAP_D });
+
+check('cleanup: this section\'s snapshots and forks are deleted; main remains', async () => {
+  // Runs whatever failed above: the stop section counts main alone.
+  for (const s of await client.snapshots.list()) {
+    if (s.source_instance_name.startsWith(`${prefix}-`)) {
+      assert.equal((await client.snapshots.delete(s.id).asResponse()).status, 204);
+    }
+  }
+  for (const i of await client.instances.list({ tags: { run: prefix } })) {
+    if (i.id !== main?.id) await deleteInstance(i.id);
+  }
+  assert.deepEqual((await client.snapshots.list()).filter((s) => s.source_instance_name.startsWith(`${prefix}-`)), []);
+  assert.deepEqual((await client.instances.list({ tags: { run: prefix } })).map((i) => i.id), main ? [main.id] : []);
+});
+
 // ---------------------------------------------------------------- stop / start / delete
 
 check('instances.stop (Stopped, exit_code set)', async () => {

@@ -1,0 +1,62 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestCLIForkAndSnapshots: standby, restore, fork and the snapshot
+// commands, as a user types them.
+func TestCLIForkAndSnapshots(t *testing.T) {
+	t.Parallel()
+	d, img := shared(t)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := d.cli(t, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	id := strings.TrimSpace(run("run", "--name", "cli-src", img))
+	t.Cleanup(func() { d.cli(t, "rm", "-f", id) })
+	run("exec", "cli-src", "sh", "-c", "echo from-source > /var/mark")
+
+	run("standby", "cli-src")
+	if ps := run("ps", "-a"); !strings.Contains(ps, "Standby") {
+		t.Fatalf("ps after standby:\n%s", ps)
+	}
+	run("restore", "cli-src")
+	forked := run("fork", "--from-running", "cli-src", "cli-fork")
+	f := strings.Fields(forked)
+	if len(f) < 3 || f[1] != "cli-fork" || f[2] != "Running" {
+		t.Fatalf("fork printed %q", forked)
+	}
+	t.Cleanup(func() { d.cli(t, "rm", "-f", "cli-fork") })
+	if out := run("exec", "cli-fork", "sh", "-c", "hostname; cat /var/mark"); out != "cli-fork\nfrom-source\n" {
+		t.Fatalf("in the fork: %q", out)
+	}
+
+	snap := strings.TrimSpace(run("snapshot", "create", "--name", "first", "cli-src"))
+	if ls := run("snapshot", "ls", "cli-src"); !strings.Contains(ls, snap) || !strings.Contains(ls, "first") || !strings.Contains(ls, "Standby") {
+		t.Fatalf("snapshot ls:\n%s", ls)
+	}
+	run("exec", "cli-src", "sh", "-c", "echo after-snapshot > /var/mark")
+	fromSnap := run("snapshot", "fork", snap, "cli-from-snap")
+	t.Cleanup(func() { d.cli(t, "rm", "-f", "cli-from-snap") })
+	if !strings.Contains(fromSnap, "Running") {
+		t.Fatalf("snapshot fork printed %q", fromSnap)
+	}
+	if out := run("exec", "cli-from-snap", "cat", "/var/mark"); out != "from-source\n" {
+		t.Fatalf("the snapshot's disk: %q", out)
+	}
+	run("stop", "cli-src")
+	run("snapshot", "restore", "cli-src", snap)
+	if out := run("exec", "cli-src", "cat", "/var/mark"); out != "from-source\n" {
+		t.Fatalf("after restoring the snapshot in place: %q", out)
+	}
+	run("snapshot", "rm", snap)
+	if ls := run("snapshot", "ls"); strings.Contains(ls, snap) {
+		t.Fatalf("snapshot still listed:\n%s", ls)
+	}
+}
