@@ -7,6 +7,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 )
 
@@ -132,6 +133,13 @@ type Restorer interface {
 // StateLoader is a VM started with StartIncoming.
 type StateLoader interface {
 	LoadState(ctx context.Context, statePath string) error
+}
+
+// Migrator moves a running guest into a VM started with StartIncoming,
+// live, with the guest paused only for the final step; the stream is also
+// written to tee. It returns how long the guest was paused.
+type Migrator interface {
+	MigrateTo(ctx context.Context, dst VM, tee io.Writer) (time.Duration, error)
 }
 
 // ErrNotRunning is returned when the VM process is gone.

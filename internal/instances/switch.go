@@ -12,19 +12,20 @@ import (
 )
 
 // freezeRunning freezes a Running instance's disk and RAM so that forks or
-// a snapshot can share them, and keeps the instance running with a pause
-// of only "save device state + load it": a new VMM (the next generation)
-// is started first, waiting for state, over the new overlay, the frozen
-// RAM mapped privately and a second TAP; then the old VM is paused, its
-// state saved and loaded into the new VMM, which continues, and the old
-// VMM ends. It returns the saved state file (immutable: link it, do not
+// a snapshot can share them, and keeps the instance running: a new VMM
+// (the next generation) is started first, waiting for state, over the new
+// overlay, the frozen RAM mapped privately and a second TAP; then the
+// guest migrates live into it (RAM is in the shared file, so only device
+// state moves; the guest pauses only for the final step) and the old VMM
+// ends. The migration stream is kept as the state file forks and
+// snapshots start from. It returns that file (immutable: link it, do not
 // change it; the caller removes it) and how long the guest was paused.
 func (m *Manager) freezeRunning(ctx context.Context, meta *Metadata) (state string, pause time.Duration, err error) {
 	old := m.currentVM(meta.ID)
 	if old == nil {
 		return "", 0, fmt.Errorf("no VM for %s", meta.ID)
 	}
-	snap, ok := old.vm.(hypervisor.Snapshotter)
+	mig, ok := old.vm.(hypervisor.Migrator)
 	hv, ok2 := m.hvs[hypervisor.Type(meta.Hypervisor)].(hypervisor.Restorer)
 	if !ok || !ok2 {
 		return "", 0, errdefs.Newf(errdefs.ErrNotImplemented, "not_supported", "hypervisor %s cannot take snapshots", meta.Hypervisor)
@@ -33,7 +34,7 @@ func (m *Manager) freezeRunning(ctx context.Context, meta *Metadata) (state stri
 	if err != nil {
 		return "", 0, err
 	}
-	sw := &switchOp{m: m, cur: meta, old: old, snap: snap, hv: hv, img: img,
+	sw := &switchOp{m: m, cur: meta, old: old, mig: mig, hv: hv, img: img,
 		plan: planFreeze(meta, true), dir: filepath.Join(m.paths.InstanceDir(meta.ID), "switch")}
 	sw.next = meta.clone()
 	err = m.runSteps(ctx, "freeze-running", []step{
@@ -41,15 +42,13 @@ func (m *Manager) freezeRunning(ctx context.Context, meta *Metadata) (state stri
 		{name: "freeze-files", do: sw.freezeFiles, undo: sw.thawFiles},
 		{name: "tap", do: sw.attachTAP, undo: sw.detachTAP},
 		{name: "start-vmm", do: sw.startVMM, undo: sw.killNew},
-		{name: "pause", do: sw.pause, undo: sw.resumeOld},
-		{name: "save-state", do: sw.saveState},
-		{name: "load-state", do: sw.loadState},
+		{name: "migrate", do: sw.migrate, undo: sw.resumeOld},
 		{name: "commit", do: sw.commit},
 	})
 	if err != nil {
 		return "", 0, err
 	}
-	return statePath(sw.dir), sw.resumed.Sub(sw.paused), nil
+	return statePath(sw.dir), sw.pause, nil
 }
 
 // switchOp is the state of one freezeRunning.
@@ -58,14 +57,13 @@ type switchOp struct {
 	cur   *Metadata // the instance now (updated by commit)
 	next  *Metadata // the instance on its new VMM
 	old   *runningVM
-	snap  hypervisor.Snapshotter
+	mig   hypervisor.Migrator
 	hv    hypervisor.Restorer
 	img   Image
 	plan  freezePlan
 	dir   string
 	newVM hypervisor.VM
-
-	paused, resumed time.Time
+	pause time.Duration
 }
 
 func (s *switchOp) record(ctx context.Context) error {
@@ -190,26 +188,32 @@ func (s *switchOp) killNew(ctx context.Context) {
 	}
 }
 
-func (s *switchOp) pause(ctx context.Context) error {
-	s.paused = time.Now()
-	return s.snap.Pause(ctx)
-}
-
-func (s *switchOp) resumeOld(ctx context.Context) { _ = s.snap.Resume(ctx) }
-
-func (s *switchOp) saveState(ctx context.Context) error {
-	return s.m.saveState(ctx, s.snap, s.dir)
-}
-
-func (s *switchOp) loadState(ctx context.Context) error {
-	if err := s.newVM.(hypervisor.StateLoader).LoadState(ctx, statePath(s.dir)); err != nil {
+// migrate moves the guest into the new VMM and keeps the stream in the
+// state file, made durable after the guest runs again.
+func (s *switchOp) migrate(ctx context.Context) error {
+	_ = os.RemoveAll(s.dir)
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return err
 	}
-	if err := s.newVM.(hypervisor.Snapshotter).Resume(ctx); err != nil {
+	f, err := os.Create(statePath(s.dir))
+	if err != nil {
 		return err
 	}
-	s.resumed = time.Now()
-	return nil
+	defer f.Close()
+	if s.pause, err = s.mig.MigrateTo(ctx, s.newVM, f); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// resumeOld makes sure the old VM runs (a failed migration leaves it
+// paused only if it failed at the very end).
+func (s *switchOp) resumeOld(ctx context.Context) {
+	if sn, ok := s.old.vm.(hypervisor.Snapshotter); ok {
+		if st, err := s.old.vm.Status(ctx); err == nil && st == hypervisor.StatusPaused {
+			_ = sn.Resume(ctx)
+		}
+	}
 }
 
 // commit makes the new VMM the instance's: metadata first, then the old

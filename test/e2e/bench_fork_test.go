@@ -229,7 +229,7 @@ func (fb *forkBench) sh(id, script string) time.Duration {
 	start := time.Now()
 	out, code, err := apiExec(fb.d, id, "/bin/sh", "-c", script)
 	if err != nil || code != 0 {
-		fb.b.Fatalf("exec %q in %s: exit %d: %v: %s", script, id, code, err, out)
+		fb.b.Fatalf("exec %q in %s: exit %d: %v: %s\ndaemon:\n%s", script, id, code, err, out, fb.d.log())
 	}
 	return time.Since(start)
 }
@@ -300,6 +300,7 @@ func (fb *forkBench) config(plan forkPlan, c forkCfg) cfgResult {
 	a := fb.create("src", c)
 	r.fillDisk = fb.sh(a, diskScript(plan.diskWrite))
 	r.fillWS = fb.sh(a, wsScript(c.ws))
+	fmt.Printf("BenchmarkFork:   filled: disk %s ms, working set %s ms\n", ms(r.fillDisk), ms(r.fillWS))
 	_, sb := fb.call("POST", "/instances/"+a+"/standby", map[string]any{}, 200)
 	r.standby = append(r.standby, sb)
 	_, r.restore = fb.call("POST", "/instances/"+a+"/restore", nil, 200)

@@ -52,7 +52,7 @@ func TestCrashConsistency(t *testing.T) {
 	for _, s := range []string{"freeze-source", "make-fork", "target-state"} {
 		cases = append(cases, tcase{"fork/" + s, "Standby", forkStandby, []string{"Standby"}})
 	}
-	for _, s := range []string{"record", "freeze-files", "tap", "start-vmm", "pause", "save-state", "load-state", "commit"} {
+	for _, s := range []string{"record", "freeze-files", "tap", "start-vmm", "migrate", "commit"} {
 		cases = append(cases, tcase{"freeze-running/" + s, "Running", forkRunning, []string{"Running"}})
 	}
 	for _, tc := range cases {

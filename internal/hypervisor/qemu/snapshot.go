@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -186,4 +187,119 @@ func (m *monitor) waitIncoming(ctx context.Context) error {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// MigrateTo moves the running guest of v into dst (a VM started with
+// StartIncoming) live: v keeps running while QEMU copies what is not in a
+// shared memory file, then stops for the final device state, and dst
+// continues. The stream also goes to tee (a snapshot of the device state
+// at the stop). It returns how long the guest was paused.
+func (v *vm) MigrateTo(ctx context.Context, dst hypervisor.VM, tee io.Writer) (time.Duration, error) {
+	to, ok := dst.(*vm)
+	if !ok {
+		return 0, errors.New("qemu: migrate: destination is not a QEMU VM")
+	}
+	srcR, srcW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	dstR, dstW, err := os.Pipe()
+	if err != nil {
+		srcR.Close()
+		srcW.Close()
+		return 0, err
+	}
+	defer srcR.Close()
+	defer dstW.Close()
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.MultiWriter(dstW, tee), srcR)
+		dstW.Close()
+		copied <- err
+	}()
+	dm, err := to.startIncomingFD(ctx, dstR)
+	dstR.Close()
+	if err != nil {
+		srcW.Close()
+		return 0, err
+	}
+	defer dm.Close()
+	downtime, err := v.migrateOut(ctx, srcW)
+	if err != nil {
+		return 0, fmt.Errorf("qemu: migrate: %w%s", err, logTail(v.spec.VMMLog))
+	}
+	if err := <-copied; err != nil {
+		return 0, fmt.Errorf("qemu: migrate: copy stream: %w", err)
+	}
+	completed := time.Now()
+	if err := dm.waitIncoming(ctx); err != nil {
+		return 0, fmt.Errorf("qemu: migrate: destination: %w%s", err, logTail(to.spec.VMMLog))
+	}
+	if err := dm.execute(ctx, "cont", nil, nil); err != nil {
+		return 0, err
+	}
+	return downtime + time.Since(completed), nil
+}
+
+// startIncomingFD makes a VM started with StartIncoming read its state
+// from r, and returns the open monitor session to wait on.
+func (v *vm) startIncomingFD(ctx context.Context, r *os.File) (*monitor, error) {
+	m, err := dialMonitor(ctx, v.spec.ControlSocket)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.setMigrationCaps(ctx, v.spec.MemoryFile != ""); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if err := m.sendFD(ctx, "statefd", r); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if err := m.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:statefd"}, nil); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// migrateOut runs an outgoing migration into w and returns QEMU's
+// measured downtime.
+func (v *vm) migrateOut(ctx context.Context, w *os.File) (time.Duration, error) {
+	var downtime time.Duration
+	err := v.withMonitor(ctx, func(m *monitor) error {
+		defer w.Close()
+		if err := m.setMigrationCaps(ctx, v.spec.MemoryFile != ""); err != nil {
+			return err
+		}
+		if err := m.sendFD(ctx, "statefd", w); err != nil {
+			return err
+		}
+		w.Close() // QEMU has its own copy; ours would keep the stream open
+		if err := m.execute(ctx, "migrate", map[string]any{"uri": "fd:statefd"}, nil); err != nil {
+			return err
+		}
+		for {
+			var info struct {
+				migrationInfo
+				Downtime int64 `json:"downtime"`
+			}
+			if err := m.execute(ctx, "query-migrate", nil, &info); err != nil {
+				return err
+			}
+			switch info.Status {
+			case "completed":
+				downtime = time.Duration(info.Downtime) * time.Millisecond
+				return nil
+			case "failed", "cancelled":
+				return fmt.Errorf("migration %s: %s", info.Status, info.ErrorDesc)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Millisecond):
+			}
+		}
+	})
+	return downtime, err
 }
