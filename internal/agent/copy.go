@@ -23,13 +23,16 @@ func (c *Client) CopyTo(ctx context.Context, req proto.CopyToRequest, r io.Reade
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
 	if !req.IsDir && req.Symlink == "" && r != nil {
-		buf := make([]byte, 256*1024)
+		buf := make([]byte, proto.Headroom+256*1024)
 		for {
-			n, rerr := r.Read(buf)
+			n, rerr := io.ReadFull(r, buf[proto.Headroom:])
 			if n > 0 {
-				if err := proto.WriteMsg(st, proto.TypeData, buf[:n]); err != nil {
+				if err := proto.WriteFrame(st, proto.TypeData, buf[:proto.Headroom+n]); err != nil {
 					return 0, fmt.Errorf("agent: cp_to: %w", err)
 				}
+			}
+			if rerr == io.ErrUnexpectedEOF {
+				rerr = io.EOF
 			}
 			if rerr == io.EOF {
 				break

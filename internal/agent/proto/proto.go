@@ -93,6 +93,23 @@ func WriteJSON(w io.Writer, typ byte, v any) error {
 	return WriteMsg(w, typ, b)
 }
 
+// Headroom is the space WriteFrame needs in front of a payload.
+const Headroom = 5
+
+// WriteFrame writes one frame whose payload is buf[Headroom:]: the header
+// is put in buf[:Headroom], so the frame goes out in one write with no
+// copy. Bulk senders read their data straight into buf[Headroom:].
+func WriteFrame(w io.Writer, typ byte, buf []byte) error {
+	n := len(buf) - Headroom
+	if n < 0 || n > MaxPayload {
+		return fmt.Errorf("proto: bad frame buffer of %d bytes", len(buf))
+	}
+	buf[0] = typ
+	binary.BigEndian.PutUint32(buf[1:Headroom], uint32(n))
+	_, err := w.Write(buf)
+	return err
+}
+
 // ReadMsg reads one frame. buf is reused when large enough.
 func ReadMsg(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
 	var hdr [5]byte

@@ -98,15 +98,23 @@ func receiveFile(st io.Reader, p string, r *proto.CopyToRequest) (int64, error) 
 	if err == nil {
 		f, err = os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".hypeman-*")
 	}
-	var n int64
-	var buf []byte
-	for {
-		typ, payload, rerr := proto.ReadMsg(st, buf)
+	// Receiving and writing overlap: frames are read into a few rotating
+	// buffers while a second goroutine writes the previous ones.
+	var w *pipelinedWriter
+	if err == nil {
+		w = newPipelinedWriter(f)
+	}
+	bufs := [3][]byte{}
+	for i := 0; ; i = (i + 1) % len(bufs) {
+		if w != nil {
+			w.reuse(i) // wait until buffer i is written
+		}
+		typ, payload, rerr := proto.ReadMsg(st, bufs[i])
 		if rerr != nil {
 			err = fmt.Errorf("cp_to: read: %w", rerr)
 			break
 		}
-		buf = payload
+		bufs[i] = payload[:cap(payload)]
 		if typ == proto.TypeEOF {
 			break
 		}
@@ -115,9 +123,15 @@ func receiveFile(st io.Reader, p string, r *proto.CopyToRequest) (int64, error) 
 			break
 		}
 		if err == nil {
-			var w int
-			w, err = f.Write(payload)
-			n += int64(w)
+			w.write(i, payload)
+		}
+	}
+	var n int64
+	if w != nil {
+		var werr error
+		n, werr = w.close()
+		if err == nil {
+			err = werr
 		}
 	}
 	if err == nil {
@@ -131,6 +145,53 @@ func receiveFile(st io.Reader, p string, r *proto.CopyToRequest) (int64, error) 
 		return 0, err
 	}
 	return n, nil
+}
+
+// pipelinedWriter writes buffers to a file in its own goroutine.
+type pipelinedWriter struct {
+	f    *os.File
+	jobs chan job
+	done [3]chan struct{}
+	n    int64
+	err  error
+	end  chan struct{}
+}
+
+type job struct {
+	i int
+	b []byte
+}
+
+func newPipelinedWriter(f *os.File) *pipelinedWriter {
+	w := &pipelinedWriter{f: f, jobs: make(chan job, 3), end: make(chan struct{})}
+	for i := range w.done {
+		w.done[i] = make(chan struct{}, 1)
+		w.done[i] <- struct{}{}
+	}
+	go func() {
+		defer close(w.end)
+		for j := range w.jobs {
+			if w.err == nil {
+				var k int
+				k, w.err = f.Write(j.b)
+				w.n += int64(k)
+			}
+			w.done[j.i] <- struct{}{}
+		}
+	}()
+	return w
+}
+
+// reuse waits until buffer i may be filled again.
+func (w *pipelinedWriter) reuse(i int) { <-w.done[i] }
+
+// write queues buffer i's payload; call reuse(i) before filling it again.
+func (w *pipelinedWriter) write(i int, b []byte) { w.jobs <- job{i, b} }
+
+func (w *pipelinedWriter) close() (int64, error) {
+	close(w.jobs)
+	<-w.end
+	return w.n, w.err
 }
 
 func finishFile(f *os.File, p string, r *proto.CopyToRequest) error {
@@ -309,20 +370,48 @@ func sendFile(w io.Writer, abs, rel string) error {
 	if err := proto.WriteJSON(w, proto.TypeHeader, e); err != nil {
 		return err
 	}
-	buf := make([]byte, chunkSize)
-	for left := e.Size; left > 0; {
-		n, err := io.ReadFull(f, buf[:min(int64(len(buf)), left)])
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+	// The file is read straight into the frame buffer (no copy), one chunk
+	// ahead of the frame being sent.
+	chunks := make(chan []byte, 1)
+	free := make(chan []byte, 2)
+	free <- make([]byte, proto.Headroom+chunkSize)
+	free <- make([]byte, proto.Headroom+chunkSize)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(chunks)
+		for left := e.Size; left > 0; {
+			buf, ok := <-free
+			if !ok {
+				readErr <- errors.New("send stopped")
+				return
+			}
+			data := buf[proto.Headroom : proto.Headroom+int(min(int64(chunkSize), left))]
+			n, err := io.ReadFull(f, data)
+			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				readErr <- err
+				return
+			}
+			if n < len(data) {
+				clear(data[n:]) // the file shrank: pad to its size
+			}
+			chunks <- buf[:proto.Headroom+len(data)]
+			left -= int64(len(data))
+		}
+		readErr <- nil
+	}()
+	for buf := range chunks {
+		if err := proto.WriteFrame(w, proto.TypeData, buf); err != nil {
+			go func() {
+				for range chunks {
+				}
+			}()
+			close(free) // unblock the reader, which then fails
 			return err
 		}
-		if n == 0 {
-			n = int(min(int64(len(buf)), left))
-			clear(buf[:n])
-		}
-		if err := proto.WriteMsg(w, proto.TypeData, buf[:n]); err != nil {
-			return err
-		}
-		left -= int64(n)
+		free <- buf[:cap(buf)]
+	}
+	if err := <-readErr; err != nil {
+		return err
 	}
 	return proto.WriteMsg(w, proto.TypeEOF, nil)
 }
