@@ -1159,6 +1159,13 @@ check('fork of a Standby instance with target_state Stopped', async () => {
 }, { needs: STANDBY });
 const FSS = [...STANDBY, 'fork of a Standby instance with target_state Stopped'];
 
+check('standby and restore of a Stopped instance are 409 invalid_state', async () => {
+  const err = await expectError(noRetry.instances.standby(made.fss.id), ConflictError, 409, 'invalid_state');
+  assert.match(err.error.message, /Stopped/);
+  await expectError(noRetry.instances.restore(made.fss.id), ConflictError, 409, 'invalid_state');
+  assert.equal((await client.instances.get(made.fss.id)).state, 'Stopped');
+}, { needs: FSS });
+
 check('snapshots.create kind Standby from a Standby instance (201; source stays Standby)', async () => {
   const t0 = Date.now();
   const { data, response } = await client.instances.snapshots
