@@ -44,15 +44,29 @@ var ErrClosed = errors.New("agent: client closed")
 type Client struct {
 	dialer Dialer
 	log    *slog.Logger
+	bulk   *bulkConn // nil: no bulk channel
 
 	mu     sync.Mutex // guards the fields below
 	sess   *yamux.Session
 	closed bool
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithBulk gives the client the VM's bulk channel (proto/bulk.go), which
+// cp uses for file contents.
+func WithBulk(d Dialer) Option {
+	return func(c *Client) { c.bulk = &bulkConn{dialer: d} }
+}
+
 // New returns a client that connects on first use.
-func New(d Dialer, log *slog.Logger) *Client {
-	return &Client{dialer: d, log: log}
+func New(d Dialer, log *slog.Logger, opts ...Option) *Client {
+	c := &Client{dialer: d, log: log}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Close ends the session. Calls in flight fail.
@@ -63,6 +77,9 @@ func (c *Client) Close() {
 	if c.sess != nil {
 		c.sess.Close()
 		c.sess = nil
+	}
+	if c.bulk != nil {
+		c.bulk.reset()
 	}
 }
 

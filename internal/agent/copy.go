@@ -14,6 +14,11 @@ var timeZero time.Time
 // CopyTo writes one file (content from r), directory or symlink in the
 // guest and returns the bytes written.
 func (c *Client) CopyTo(ctx context.Context, req proto.CopyToRequest, r io.Reader) (int64, error) {
+	if c.bulk != nil && !req.IsDir && req.Symlink == "" && r != nil {
+		if n, ok, err := c.copyToBulk(ctx, req, r); ok {
+			return n, err
+		}
+	}
 	st, err := c.open(ctx, proto.Request{Method: proto.MethodCopyTo, CopyTo: &req})
 	if err != nil {
 		return 0, err
@@ -56,6 +61,11 @@ func (c *Client) CopyTo(ctx context.Context, req proto.CopyToRequest, r io.Reade
 // for each entry in order, with the content of regular files (read it
 // before returning; it is empty for other entries).
 func (c *Client) CopyFrom(ctx context.Context, req proto.CopyFromRequest, fn func(proto.Entry, io.Reader) error) error {
+	if c.bulk != nil {
+		if ok, err := c.copyFromBulk(ctx, req, fn); ok {
+			return err
+		}
+	}
 	st, err := c.open(ctx, proto.Request{Method: proto.MethodCopyFrom, CopyFrom: &req})
 	if err != nil {
 		return err

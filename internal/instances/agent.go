@@ -23,7 +23,8 @@ func (m *Manager) agentFor(id string, gen int) *agent.Client {
 		}
 		ac.c.Close()
 	}
-	c := agent.New(agent.UnixDialer(m.paths.InstanceAgentSocket(id, gen)), m.log.With("instance", id))
+	c := agent.New(agent.UnixDialer(m.paths.InstanceAgentSocket(id, gen)), m.log.With("instance", id),
+		agent.WithBulk(agent.UnixDialer(m.paths.InstanceBulkSocket(id, gen))))
 	m.agents[id] = agentClient{c: c, gen: gen}
 	return c
 }

@@ -77,6 +77,7 @@ func TestCreateSavesMetadataAndSpec(t *testing.T) {
 	if want := []hypervisor.Port{
 		{Name: "hypeman.events", Kind: hypervisor.PortFile, Path: e.paths.InstanceEvents(id)},
 		{Name: "hypeman.agent", Kind: hypervisor.PortSocket, Path: e.paths.InstanceAgentSocket(id, 0)},
+		{Name: "hypeman.bulk", Kind: hypervisor.PortSocket, Path: e.paths.InstanceBulkSocket(id, 0)},
 	}; !reflect.DeepEqual(spec.Ports, want) {
 		t.Errorf("ports %+v, want %+v", spec.Ports, want)
 	}

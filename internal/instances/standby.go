@@ -103,7 +103,7 @@ func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *running
 		}
 	}
 	for _, p := range []string{m.paths.InstancePIDFile(meta.ID, meta.VMMGen), m.paths.InstanceQMPSocket(meta.ID, meta.VMMGen),
-		m.paths.InstanceAgentSocket(meta.ID, meta.VMMGen)} {
+		m.paths.InstanceAgentSocket(meta.ID, meta.VMMGen), m.paths.InstanceBulkSocket(meta.ID, meta.VMMGen)} {
 		_ = os.Remove(p)
 	}
 	now := time.Now().UTC()

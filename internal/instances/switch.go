@@ -182,7 +182,7 @@ func (s *switchOp) startVMM(ctx context.Context) (err error) {
 func (s *switchOp) killNew(ctx context.Context) {
 	_ = s.newVM.Kill()
 	_ = s.newVM.Wait(ctx)
-	for _, p := range []string{s.m.paths.InstanceQMPSocket(s.cur.ID, s.next.VMMGen), s.m.paths.InstanceAgentSocket(s.cur.ID, s.next.VMMGen),
+	for _, p := range []string{s.m.paths.InstanceQMPSocket(s.cur.ID, s.next.VMMGen), s.m.paths.InstanceAgentSocket(s.cur.ID, s.next.VMMGen), s.m.paths.InstanceBulkSocket(s.cur.ID, s.next.VMMGen),
 		s.m.paths.InstancePIDFile(s.cur.ID, s.next.VMMGen)} {
 		_ = os.Remove(p)
 	}
@@ -229,7 +229,7 @@ func (s *switchOp) commit(ctx context.Context) error {
 	if t := s.cur.Network.TAP; t != "" && t != s.next.Network.TAP {
 		_ = m.net.DetachTAP(ctx, t)
 	}
-	for _, p := range []string{m.paths.InstanceQMPSocket(id, s.cur.VMMGen), m.paths.InstanceAgentSocket(id, s.cur.VMMGen),
+	for _, p := range []string{m.paths.InstanceQMPSocket(id, s.cur.VMMGen), m.paths.InstanceAgentSocket(id, s.cur.VMMGen), m.paths.InstanceBulkSocket(id, s.cur.VMMGen),
 		m.paths.InstancePIDFile(id, s.cur.VMMGen)} {
 		_ = os.Remove(p)
 	}

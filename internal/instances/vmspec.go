@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hypeman-vm/hypeman/internal/agent/proto"
 	"github.com/hypeman-vm/hypeman/internal/guest/vmconfig"
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
 	"github.com/hypeman-vm/hypeman/internal/storage"
@@ -78,6 +79,7 @@ func (m *Manager) vmSpec(meta *Metadata, img Image) hypervisor.Spec {
 		Ports: []hypervisor.Port{
 			{Name: vmconfig.PortEvents, Kind: hypervisor.PortFile, Path: m.paths.InstanceEvents(id)},
 			{Name: vmconfig.PortAgent, Kind: hypervisor.PortSocket, Path: m.paths.InstanceAgentSocket(id, gen)},
+			{Name: proto.PortBulk, Kind: hypervisor.PortSocket, Path: m.paths.InstanceBulkSocket(id, gen)},
 		},
 		ControlSocket: m.paths.InstanceQMPSocket(id, gen),
 		PIDFile:       m.paths.InstancePIDFile(id, gen),

@@ -191,7 +191,7 @@ func (m *Manager) finalizeStopped(ctx context.Context, meta *Metadata, rv *runni
 		errs = append(errs, err)
 	}
 	for _, p := range []string{m.paths.InstancePIDFile(id, meta.VMMGen), m.paths.InstanceQMPSocket(id, meta.VMMGen),
-		m.paths.InstanceAgentSocket(id, meta.VMMGen), m.paths.InstanceMemory(id)} {
+		m.paths.InstanceAgentSocket(id, meta.VMMGen), m.paths.InstanceBulkSocket(id, meta.VMMGen), m.paths.InstanceMemory(id)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

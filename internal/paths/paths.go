@@ -114,6 +114,9 @@ func (p *Paths) InstanceQMPSocket(id string, gen int) string {
 func (p *Paths) InstanceAgentSocket(id string, gen int) string {
 	return filepath.Join(p.InstanceDir(id), fmt.Sprintf("agent-%d.sock", gen))
 }
+func (p *Paths) InstanceBulkSocket(id string, gen int) string {
+	return filepath.Join(p.InstanceDir(id), fmt.Sprintf("bulk-%d.sock", gen))
+}
 func (p *Paths) InstancePIDFile(id string, gen int) string {
 	return filepath.Join(p.InstanceDir(id), fmt.Sprintf("qemu-%d.pid", gen))
 }

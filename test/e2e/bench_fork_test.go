@@ -462,8 +462,15 @@ type baseResult struct {
 	stateSize int64
 	restore   time.Duration // QEMU start to running (incoming, load, cont)
 	start     time.Duration // of which QEMU start to QMP ready
-	exec      time.Duration // first agent exec after the restore
+	exec      time.Duration // first agent exec after the calls below
+	// calls are the agent calls a fork's resume makes (bar SetNetwork:
+	// no NIC), timed each, twice: right after the restore (the new QEMU's
+	// translation cache is empty) and again at once (warm).
+	calls [2][]time.Duration
 }
+
+// agentCallNames name baseResult.calls.
+var agentCallNames = []string{"connect+ping", "hostname", "entropy", "settime"}
 
 func (fb *forkBench) baseline(ram, ws int64) baseResult {
 	b := fb.b
@@ -535,11 +542,37 @@ func (fb *forkBench) baseRestore(ctx context.Context, q *qemu.QEMU, r *baseResul
 	r.restore = time.Since(start)
 	c := agent.New(agent.UnixDialer(filepath.Join(dir, "b-agent.sock")), nil)
 	defer c.Close()
+	for round := range r.calls {
+		if round > 0 {
+			c.Reset() // a new session, as after a restore
+		}
+		r.calls[round] = agentCalls(ctx, b, c)
+	}
 	start = time.Now()
 	agentRun(b, c, "true")
 	r.exec = time.Since(start)
 	vm.Kill()
 	vm.Wait(ctx)
+}
+
+// agentCalls times the agent calls of a fork's resume, one by one.
+func agentCalls(ctx context.Context, b *testing.B, c *agent.Client) []time.Duration {
+	b.Helper()
+	calls := []func() error{
+		func() error { return c.Ping(ctx) },
+		func() error { return c.SetHostname(ctx, "base") },
+		func() error { return c.AddEntropy(ctx, make([]byte, 64)) },
+		func() error { return c.SetTime(ctx, time.Now()) },
+	}
+	var out []time.Duration
+	for i, call := range calls {
+		start := time.Now()
+		if err := call(); err != nil {
+			b.Fatalf("agent %s: %v", agentCallNames[i], err)
+		}
+		out = append(out, time.Since(start))
+	}
+	return out
 }
 
 // baseSpec is the daemon's VM for the demo image (1 vCPU, ram), without
@@ -941,6 +974,17 @@ func reportBaselines(w *strings.Builder, res forkResults) {
 		fmt.Fprintf(w, "%-10s %9s %8s %8s %9.1f %10s %9s %8s %8s | %10s %10.0fx %10s\n",
 			sizeArg(r.ram)+"/"+sizeArg(r.ws), ms(r.fill), ms(r.pause), ms(r.save), mibf(r.stateSize), ms(r.restore),
 			ms(r.start), ms(r.exec), "", ms(sb), float64(r.pause+r.save)/float64(sb), ms(rs))
+	}
+	fmt.Fprintf(w, "Agent calls right after the baseline restore, cold then warm (ms):\n")
+	for _, r := range sortedBaselines(res) {
+		fmt.Fprintf(w, "%-10s", sizeArg(r.ram)+"/"+sizeArg(r.ws))
+		for round, calls := range r.calls {
+			fmt.Fprintf(w, "  %s:", []string{"cold", "warm"}[round])
+			for i, d := range calls {
+				fmt.Fprintf(w, " %s %s", agentCallNames[i], ms(d))
+			}
+		}
+		fmt.Fprintf(w, "\n")
 	}
 }
 

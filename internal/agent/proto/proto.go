@@ -186,6 +186,9 @@ type Request struct {
 	// Entropy is random bytes for add_entropy.
 	Entropy []byte        `json:"entropy,omitempty"`
 	Bench   *BenchRequest `json:"bench,omitempty"`
+	// Bulk, on cp_to and cp_from, moves file contents over the bulk
+	// channel (bulk.go) instead of Data frames.
+	Bulk *Bulk `json:"bulk,omitempty"`
 }
 
 // ExecRequest starts a command. Output (stdout and stderr merged, or the
@@ -306,3 +309,6 @@ type Error struct {
 type Pong struct {
 	Version int `json:"version"`
 }
+
+// PortBulk is the name of the bulk channel's port.
+const PortBulk = "hypeman.bulk"

@@ -26,7 +26,7 @@ func (s *Server) abs(p string) string {
 	return filepath.Clean(p)
 }
 
-func (s *Server) copyTo(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+func (s *Server) copyTo(ctx context.Context, st io.ReadWriter, req *proto.Request) error {
 	r := req.CopyTo
 	if r == nil {
 		return errMissing(proto.MethodCopyTo)
@@ -42,6 +42,10 @@ func (s *Server) copyTo(_ context.Context, st io.ReadWriter, req *proto.Request)
 		err = makeDir(p, r)
 	case r.Symlink != "":
 		err = makeSymlink(p, r)
+	case req.Bulk != nil && s.bulk != nil:
+		n, err = s.receiveBulk(ctx, st, p, r, req.Bulk)
+	case req.Bulk != nil:
+		return errors.New(proto.ErrNoBulk)
 	default:
 		n, err = receiveFile(st, p, r)
 	}
@@ -278,7 +282,17 @@ func (s *Server) copyFrom(ctx context.Context, st io.ReadWriter, req *proto.Requ
 	if root == "/" {
 		name = "."
 	}
-	if err := sendTree(ctx, st, root, name, fi); err != nil {
+	var out io.Writer = st
+	if req.Bulk != nil {
+		if s.bulk == nil {
+			return errors.New(proto.ErrNoBulk)
+		}
+		s.bulk.mu.Lock()
+		defer s.bulk.mu.Unlock()
+		defer s.bulk.abortOn(ctx)()
+		out = &bulkOut{Writer: st, port: s.bulk, token: req.Bulk.Token}
+	}
+	if err := sendTree(ctx, out, root, name, fi); err != nil {
 		return err
 	}
 	return sendResult(st, nil)
@@ -357,6 +371,9 @@ func sendDir(ctx context.Context, w io.Writer, abs, rel string, fi fs.FileInfo) 
 // is padded with zeros, so a client may rely on Size as tar does), then
 // an EOF.
 func sendFile(w io.Writer, abs, rel string) error {
+	if out, ok := w.(*bulkOut); ok {
+		return sendFileBulk(out, abs, rel)
+	}
 	f, err := os.Open(abs)
 	if err != nil {
 		return err

@@ -45,6 +45,9 @@ func Main() {
 	if port, err := openPort(vmconfig.PortBench); err == nil {
 		go serveRawBench(port)
 	}
+	if port, err := openPort(proto.PortBulk); err == nil {
+		a.srv.bulk = newBulkPort(port)
+	}
 	a.loop(context.Background())
 }
 

@@ -49,6 +49,9 @@ type Server struct {
 	mu  sync.Mutex
 	env []string // guarded by mu: set_hostname updates HOSTNAME
 
+	// bulk is the bulk channel, nil when the VM has none.
+	bulk *bulkPort
+
 	// Seams for the calls whose real effect reaches outside any namespace
 	// a test can make (tests replace them).
 	signalInit func() error
