@@ -227,3 +227,10 @@ func (c *Client) SetTime(ctx context.Context, t time.Time) error {
 func (c *Client) AddEntropy(ctx context.Context, b []byte) error {
 	return c.call(ctx, proto.Request{Method: proto.MethodAddEntropy, Entropy: b}, nil)
 }
+
+// Refresh applies what a resumed guest needs in one call: the clock
+// always; a network identity, hostname and entropy when given.
+func (c *Client) Refresh(ctx context.Context, t time.Time, network *proto.NetworkRequest, hostname string, entropy []byte) error {
+	return c.call(ctx, proto.Request{Method: proto.MethodRefresh, TimeUnixNano: t.UnixNano(),
+		Network: network, Hostname: hostname, Entropy: entropy}, nil)
+}

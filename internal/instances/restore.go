@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/hypeman-vm/hypeman/internal/agent"
 	"github.com/hypeman-vm/hypeman/internal/agent/proto"
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
@@ -154,6 +155,8 @@ func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c := m.agentFor(meta.ID, meta.VMMGen)
+	t0 := time.Now()
+	defer func() { m.log.Debug("guest refreshed", "id", meta.ID, "took", time.Since(t0)) }()
 	if err := c.Ping(ctx); err != nil {
 		if !fork {
 			m.log.Warn("restored guest's agent does not answer; clock not stepped", "id", meta.ID, "err", err)
@@ -161,41 +164,31 @@ func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata) error {
 		}
 		return fmt.Errorf("guest agent after resume: %w", err)
 	}
-	if fork {
-		if err := m.applyIdentity(ctx, c, meta, meta.InheritedMAC); err != nil {
-			return err
+	m.log.Debug("agent answered after resume", "id", meta.ID, "took", time.Since(t0))
+	if !fork {
+		if err := c.Refresh(ctx, time.Now(), nil, "", nil); err != nil {
+			return fmt.Errorf("step guest clock: %w", err)
 		}
+		return nil
 	}
-	if err := c.SetTime(ctx, time.Now()); err != nil {
-		return fmt.Errorf("step guest clock: %w", err)
-	}
-	return nil
+	return m.applyIdentity(ctx, c, meta, meta.InheritedMAC)
 }
 
-type identityClient interface {
-	SetNetwork(ctx context.Context, req proto.NetworkRequest) error
-	SetHostname(ctx context.Context, name string) error
-	AddEntropy(ctx context.Context, b []byte) error
-}
-
-// applyIdentity gives a resumed fork its own identity inside the guest.
-func (m *Manager) applyIdentity(ctx context.Context, c identityClient, meta *Metadata, sourceMAC string) error {
+// applyIdentity gives a resumed fork its own identity inside the guest
+// (address and MAC, hostname, entropy, clock, in one agent call), then
+// brings its TAP up.
+func (m *Manager) applyIdentity(ctx context.Context, c *agent.Client, meta *Metadata, sourceMAC string) error {
+	var network *proto.NetworkRequest
 	if n := meta.Network; n.Enabled && n.IP != "" && sourceMAC != "" {
-		err := c.SetNetwork(ctx, proto.NetworkRequest{OldMAC: sourceMAC, MAC: n.MAC, IP: n.IP,
-			PrefixLen: n.Prefix, Gateway: n.Gateway, FlushNeighbors: true})
-		if err != nil {
-			return fmt.Errorf("set guest network: %w", err)
-		}
-	}
-	if err := c.SetHostname(ctx, meta.Name); err != nil {
-		return fmt.Errorf("set guest hostname: %w", err)
+		network = &proto.NetworkRequest{OldMAC: sourceMAC, MAC: n.MAC, IP: n.IP,
+			PrefixLen: n.Prefix, Gateway: n.Gateway, FlushNeighbors: true}
 	}
 	seed := make([]byte, 64)
 	if _, err := rand.Read(seed); err != nil {
 		return err
 	}
-	if err := c.AddEntropy(ctx, seed); err != nil {
-		return fmt.Errorf("add guest entropy: %w", err)
+	if err := c.Refresh(ctx, time.Now(), network, meta.Name, seed); err != nil {
+		return fmt.Errorf("give the fork its identity: %w", err)
 	}
 	if meta.Network.Enabled && meta.Network.TAP != "" {
 		return m.net.SetTAPUp(ctx, meta.Network.TAP, true)

@@ -62,6 +62,9 @@ const (
 	MethodSetHostname = "set_hostname"
 	MethodSetTime     = "set_time"
 	MethodAddEntropy  = "add_entropy"
+	// MethodRefresh applies Network, Hostname, Entropy and TimeUnixNano
+	// (each when set) in one call.
+	MethodRefresh = "refresh"
 	// MethodBench streams raw bytes one way or the other, for benchmarks.
 	MethodBench = "bench"
 )

@@ -148,6 +148,8 @@ func route(method string) handler {
 		return (*Server).setTime
 	case proto.MethodAddEntropy:
 		return (*Server).addEntropy
+	case proto.MethodRefresh:
+		return (*Server).refresh
 	case proto.MethodBench:
 		return (*Server).bench
 	}

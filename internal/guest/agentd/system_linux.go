@@ -40,7 +40,13 @@ func (s *Server) shutdown(_ context.Context, st io.ReadWriter, _ *proto.Request)
 // image has one, and updates HOSTNAME in the environment of later execs
 // if it is there.
 func (s *Server) setHostname(_ context.Context, st io.ReadWriter, req *proto.Request) error {
-	name := req.Hostname
+	if err := s.applyHostname(req.Hostname); err != nil {
+		return err
+	}
+	return sendResult(st, nil)
+}
+
+func (s *Server) applyHostname(name string) error {
 	if name == "" || len(name) > hostNameMax {
 		return fmt.Errorf("set_hostname: invalid hostname %q", name)
 	}
@@ -51,7 +57,7 @@ func (s *Server) setHostname(_ context.Context, st io.ReadWriter, req *proto.Req
 		return err
 	}
 	s.setBaseEnv("HOSTNAME", name)
-	return sendResult(st, nil)
+	return nil
 }
 
 // rewriteIfExists replaces the content of p in place (it may be a bind
@@ -170,4 +176,31 @@ func benchDownload(w io.Writer, n int64) error {
 		n -= k
 	}
 	return proto.WriteMsg(w, proto.TypeEOF, nil)
+}
+
+// refresh applies, in one call, what a resumed guest needs: a new network
+// identity, hostname and entropy (forks) and the clock (every resume).
+// One round trip instead of four matters under emulation.
+func (s *Server) refresh(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+	if req.Network != nil {
+		if err := configureLink(req.Network); err != nil {
+			return fmt.Errorf("refresh: network: %w", err)
+		}
+	}
+	if req.Hostname != "" {
+		if err := s.applyHostname(req.Hostname); err != nil {
+			return err
+		}
+	}
+	if len(req.Entropy) > 0 {
+		if err := addEntropy(req.Entropy); err != nil {
+			return err
+		}
+	}
+	if req.TimeUnixNano > 0 {
+		if err := s.setClock(req.TimeUnixNano); err != nil {
+			return fmt.Errorf("clock_settime: %w", err)
+		}
+	}
+	return sendResult(st, nil)
 }
