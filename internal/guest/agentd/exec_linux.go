@@ -5,11 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hypeman-vm/hypeman/internal/guest/guestos"
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,12 +21,12 @@ import (
 // Exit codes with the shell's meanings.
 const (
 	codeTimeout       = 124
-	codeNotExecutable = 126
-	codeNotFound      = 127
+	codeNotExecutable = guestos.CodeNotExecutable
+	codeNotFound      = guestos.CodeNotFound
 	codeWaitFailed    = 255
 )
 
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+const defaultPath = guestos.DefaultPath
 
 // drainGrace is how long output may keep arriving after the command
 // exited. Output normally ends sooner, with EOF (pipe) or EIO (pty) once
@@ -88,7 +87,7 @@ func (s *Server) start(r *proto.ExecRequest) (*command, int, error) {
 		}
 		return nil, codeNotExecutable, fmt.Errorf("working directory: %w", err)
 	}
-	path, code, err := lookPath(argv[0], envValue(env, "PATH"), dir)
+	path, code, err := guestos.LookPath(argv[0], guestos.EnvValue(env, "PATH"), dir)
 	if err != nil {
 		return nil, code, err
 	}
@@ -107,53 +106,6 @@ func (s *Server) start(r *proto.ExecRequest) (*command, int, error) {
 		return nil, code, err
 	}
 	return c, 0, nil
-}
-
-// lookPath resolves name the way a shell does, in the PATH of the
-// command's environment; a name with a slash is taken as is (relative to
-// dir).
-func lookPath(name, path, dir string) (string, int, error) {
-	if strings.Contains(name, "/") {
-		if !filepath.IsAbs(name) {
-			name = filepath.Join(dir, name)
-		}
-		if err := checkExecutable(name); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return "", codeNotFound, err
-			}
-			return "", codeNotExecutable, err
-		}
-		return name, 0, nil
-	}
-	if path == "" {
-		path = defaultPath
-	}
-	var denied error
-	for _, d := range filepath.SplitList(path) {
-		p := filepath.Join(d, name)
-		err := checkExecutable(p)
-		if err == nil {
-			return p, 0, nil
-		}
-		if denied == nil && !errors.Is(err, fs.ErrNotExist) {
-			denied = err
-		}
-	}
-	if denied != nil {
-		return "", codeNotExecutable, denied
-	}
-	return "", codeNotFound, fmt.Errorf("%s: command not found", name)
-}
-
-func checkExecutable(p string) error {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%s: permission denied", p)
-	}
-	return nil
 }
 
 // startPipes starts a command whose stdout and stderr share one pipe.

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hypeman-vm/hypeman/internal/guest/guestos"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -114,28 +114,8 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// openPort opens the virtio-serial port with the given name, non-blocking
-// so that its reads and writes go through Go's poller and Close interrupts
-// them. A port can be open only once at a time in the guest.
-func openPort(name string) (*os.File, error) {
-	ents, err := os.ReadDir("/sys/class/virtio-ports")
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/sys/class/virtio-ports", e.Name(), "name"))
-		if err != nil || strings.TrimSpace(string(b)) != name {
-			continue
-		}
-		dev := "/dev/" + e.Name()
-		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-		if err != nil {
-			return nil, &os.PathError{Op: "open", Path: dev, Err: err}
-		}
-		return os.NewFile(uintptr(fd), dev), nil
-	}
-	return nil, fmt.Errorf("no virtio-serial port named %q", name)
-}
+// openPort opens a virtio-serial port non-blocking (guestos.OpenPort).
+func openPort(name string) (*os.File, error) { return guestos.OpenPort(name, true) }
 
 // readyFile returns fd as a file if it is open and was inherited, nil
 // otherwise. It must run before anything else opens files: a descriptor

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hypeman-vm/hypeman/internal/guest/guestos"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -246,15 +247,7 @@ func mergeEnv(base []string, over map[string]string) []string {
 	return out
 }
 
-func envValue(env []string, key string) string {
-	v := ""
-	for _, kv := range env {
-		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
-			v = val
-		}
-	}
-	return v
-}
+func envValue(env []string, key string) string { return guestos.EnvValue(env, key) }
 
 // rateLimited is a slog.Handler that drops a record whose message was
 // already logged within the interval: an agent that cannot open its port

@@ -3,10 +3,9 @@ package initd
 import (
 	"errors"
 	"fmt"
+	"github.com/hypeman-vm/hypeman/internal/guest/guestos"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -15,7 +14,7 @@ import (
 	"github.com/hypeman-vm/hypeman/internal/guest/events"
 )
 
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+const defaultPath = guestos.DefaultPath
 
 // supervise starts the guest agent and the program, then acts as the
 // reaper of every process in the VM until the program ends, then powers
@@ -164,8 +163,11 @@ func (g *guest) startProgram() (int, error) {
 		return 0, err
 	}
 	env := programEnv(g.cfg.Env, g.cfg.Hostname, home)
-	path, err := lookPath(argv[0], envValue(env, "PATH"))
+	path, code, err := guestos.LookPath(argv[0], envValue(env, "PATH"), "/")
 	if err != nil {
+		if code == guestos.CodeNotFound {
+			err = fmt.Errorf("%w: %v", errNotFound, err)
+		}
 		return 0, err
 	}
 	dir := g.cfg.WorkingDir
@@ -206,39 +208,7 @@ func programEnv(env []string, hostname, home string) []string {
 	return out
 }
 
-func envValue(env []string, key string) string {
-	v := ""
-	for _, kv := range env {
-		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
-			v = val
-		}
-	}
-	return v
-}
-
-func lookPath(name, path string) (string, error) {
-	if strings.Contains(name, "/") {
-		return name, checkExecutable(name)
-	}
-	for _, dir := range filepath.SplitList(path) {
-		p := filepath.Join(dir, name)
-		if checkExecutable(p) == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s", errNotFound, name)
-}
-
-func checkExecutable(p string) error {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%s: permission denied", p)
-	}
-	return nil
-}
+func envValue(env []string, key string) string { return guestos.EnvValue(env, key) }
 
 func signalName(s syscall.Signal) string {
 	name := unix.SignalName(s)
