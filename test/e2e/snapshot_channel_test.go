@@ -97,15 +97,21 @@ func TestAgentChannelSurvivesSnapshotRestore(t *testing.T) {
 	}
 }
 
-// counter reads the guest program's counter through an exec.
+// counter reads the guest program's counter through an exec. The program
+// rewrites the file continually, so a read can catch it empty: retry.
 func counter(t *testing.T, ctx context.Context, c *agent.Client) int {
 	t.Helper()
-	out, code := execOut(t, ctx, c, "cat", "/tmp/counter")
-	n, err := strconv.Atoi(strings.TrimSpace(out))
-	if code != 0 || err != nil {
-		t.Fatalf("cat /tmp/counter: %q exit %d", out, code)
+	var out string
+	var code int
+	for i := 0; i < 20; i++ {
+		out, code = execOut(t, ctx, c, "cat", "/tmp/counter")
+		if n, err := strconv.Atoi(strings.TrimSpace(out)); code == 0 && err == nil {
+			return n
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return n
+	t.Fatalf("cat /tmp/counter: %q exit %d", out, code)
+	return 0
 }
 
 func execOut(t *testing.T, ctx context.Context, c *agent.Client, cmd ...string) (string, int) {
