@@ -146,6 +146,17 @@ func TestFork(t *testing.T) {
 	}
 	checkIndependent(t, d, src, f1)
 
+	// From Running, the other targets.
+	f1s := post(t, d, "/instances/"+src.ID+"/fork", map[string]any{"name": "fork-run-standby", "from_running": true, "target_state": "Standby"}, 201)
+	t.Cleanup(func() { d.do("DELETE", "/instances/"+f1s.ID+"?graceful_shutdown=false", nil, nil) })
+	f1t := post(t, d, "/instances/"+src.ID+"/fork", map[string]any{"name": "fork-run-stopped", "from_running": true, "target_state": "Stopped"}, 201)
+	t.Cleanup(func() { d.do("DELETE", "/instances/"+f1t.ID+"?graceful_shutdown=false", nil, nil) })
+	if f1s.State != "Standby" || f1t.State != "Stopped" || get(t, d, src.ID).State != "Running" {
+		t.Fatalf("targets from Running: %s %s, source %s", f1s.State, f1t.State, get(t, d, src.ID).State)
+	}
+	f1s = post(t, d, "/instances/"+f1s.ID+"/restore", nil, 200)
+	checkIndependent(t, d, f1, f1s)
+
 	// Fork of a fork.
 	f2 := post(t, d, "/instances/"+f1.ID+"/fork", map[string]any{"name": "fork-of-fork", "from_running": true}, 201)
 	t.Cleanup(func() { d.do("DELETE", "/instances/"+f2.ID+"?graceful_shutdown=false", nil, nil) })
@@ -176,8 +187,10 @@ func TestFork(t *testing.T) {
 	t.Cleanup(func() { d.do("DELETE", "/instances/"+f6.ID+"?graceful_shutdown=false", nil, nil) })
 	f7 := post(t, d, "/instances/"+src.ID+"/fork", map[string]any{"name": "fork-stopped-run", "target_state": "Running"}, 201)
 	t.Cleanup(func() { d.do("DELETE", "/instances/"+f7.ID+"?graceful_shutdown=false", nil, nil) })
-	if f6.State != "Stopped" || (f7.State != "Running" && f7.State != "Initializing") {
-		t.Fatalf("targets from Stopped: %s %s", f6.State, f7.State)
+	f8 := post(t, d, "/instances/"+src.ID+"/fork", map[string]any{"name": "fork-stopped-standby", "target_state": "Standby"}, 201)
+	t.Cleanup(func() { d.do("DELETE", "/instances/"+f8.ID+"?graceful_shutdown=false", nil, nil) })
+	if f6.State != "Stopped" || (f7.State != "Running" && f7.State != "Initializing") || f8.State != "Standby" {
+		t.Fatalf("targets from Stopped: %s %s %s", f6.State, f7.State, f8.State)
 	}
 	f7 = waitState(t, d, f7.ID, "Running")
 	if out := guestOut(t, d, f7.ID, "hostname; cat /var/data.txt"); out != "fork-stopped-run\nkept\n" {
