@@ -40,9 +40,19 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) (Instan
 		return Instance{}, errdefs.Newf(errdefs.ErrInvalidArgument, "invalid_request",
 			"invalid target_state %q: must be Stopped, Standby or Running", req.TargetState)
 	}
-	src, inst, unlock, err := m.loadForOp(ctx, ref)
+	src, inst, unlockSrc, err := m.loadForOp(ctx, ref)
 	if err != nil {
 		return Instance{}, err
+	}
+	// The source is locked while it is frozen and the fork's files are
+	// made; bringing the fork to its target state needs only the fork, so
+	// concurrent forks of one source overlap there.
+	locked := true
+	unlock := func() {
+		if locked {
+			locked = false
+			unlockSrc()
+		}
 	}
 	defer unlock()
 	target, err := forkTarget(inst.State, req)
@@ -58,7 +68,7 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) (Instan
 		return Instance{}, err
 	}
 	defer release()
-	f := &forkOp{m: m, src: src, srcState: inst.State, target: target, name: req.Name}
+	f := &forkOp{m: m, src: src, srcState: inst.State, target: target, name: req.Name, unlockSource: unlock}
 	err = f.run(ctx)
 	detail := fmt.Sprintf("fork %s from %s", req.Name, inst.State)
 	m.opLog(src.ID, "fork", start, err, detail)
@@ -100,6 +110,8 @@ type forkOp struct {
 	state    string // device state file to link into the fork, if any
 	cleanup  string // a switch state file to remove at the end
 	pause    time.Duration
+	// unlockSource releases the source's lock once the fork's files exist.
+	unlockSource func()
 }
 
 func (f *forkOp) run(ctx context.Context) error {
@@ -111,9 +123,20 @@ func (f *forkOp) run(ctx context.Context) error {
 	return f.m.runSteps(ctx, "fork", []step{
 		{name: "freeze-source", do: f.freezeSource},
 		{name: "make-fork", do: f.makeFork, undo: f.removeFork},
+		{name: "release-source", do: f.releaseSource},
 		{name: "target-state", do: f.reachTarget},
 		{name: "commit", do: f.commit},
 	})
+}
+
+// releaseSource lets other operations on the source proceed: from here on
+// only the fork (still Creating, so invisible) is touched. The state file
+// of a switch stays until the end: the fork's standby links it already.
+func (f *forkOp) releaseSource(ctx context.Context) error {
+	if f.unlockSource != nil {
+		f.unlockSource()
+	}
+	return nil
 }
 
 // commit makes the fork visible: until now it was Creating, so a daemon

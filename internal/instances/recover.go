@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
@@ -51,6 +52,13 @@ func (m *Manager) recoverOne(ctx context.Context, id string) (tap string, err er
 	if meta.Pending != "" {
 		if vm, err = m.settlePending(ctx, meta, vm); err != nil {
 			m.log.Warn("settle interrupted operation", "id", id, "op", meta.Pending, "err", err)
+		}
+	}
+	// State files of VMM switches that a crash left behind (forks that
+	// used them are gone too: they were still being created).
+	if stale, _ := filepath.Glob(filepath.Join(m.paths.InstanceDir(id), "switch-*")); len(stale) > 0 {
+		for _, d := range stale {
+			_ = os.RemoveAll(d)
 		}
 	}
 	if vm == nil && hasManifest(m.paths.InstanceStandbyDir(id)) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hypeman-vm/hypeman/internal/cuid"
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
 )
@@ -35,7 +36,7 @@ func (m *Manager) freezeRunning(ctx context.Context, meta *Metadata) (state stri
 		return "", 0, err
 	}
 	sw := &switchOp{m: m, cur: meta, old: old, mig: mig, hv: hv, img: img,
-		plan: planFreeze(meta, true), dir: filepath.Join(m.paths.InstanceDir(meta.ID), "switch")}
+		plan: planFreeze(meta, true), dir: filepath.Join(m.paths.InstanceDir(meta.ID), "switch-"+cuid.New())}
 	sw.next = meta.clone()
 	err = m.runSteps(ctx, "freeze-running", []step{
 		{name: "record", do: sw.record, undo: sw.unrecord},

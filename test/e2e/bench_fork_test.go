@@ -792,7 +792,7 @@ func (fb *forkBench) idleForks(plan forkPlan) idleResult {
 			ids = append(ids, id)
 			r.api = append(r.api, api[i])
 		}
-		if r.stopped == "" && time.Since(start).Minutes() > plan.idleBudget {
+		if r.stopped == "" && len(ids) < plan.idle && time.Since(start).Minutes() > plan.idleBudget {
 			r.stopped = fmt.Sprintf("time budget of %.0f min spent", plan.idleBudget)
 		}
 		fmt.Printf("BenchmarkFork: idle forks %d (batch %s, load %.1f)\n", len(ids), r.batchWall[len(r.batchWall)-1].Round(time.Millisecond), loadAvg())
