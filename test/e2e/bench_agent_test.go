@@ -249,6 +249,8 @@ const (
 	rRawUp        = "raw-up"
 	rRawDown      = "raw-down"
 	rRawUp32K     = "raw-up-32k-writes"
+	rRawFileUp    = "raw-file-up"
+	rRawFileDown  = "raw-file-down"
 	rBenchUp      = "agent-bench-up"
 	rBenchDown    = "agent-bench-down"
 	rAgentCpUp    = "cp-agent-up"
@@ -286,7 +288,9 @@ func agentBenchRound(b *testing.B, d *daemon, id string, vm *benchVM, p agentPay
 	// Raw and API alternate, so drift of the machine's load hits both.
 	up(rRawUp, vm.meter, func(w *stopwatch) time.Duration { return rawUpload(b, w, raw, p.data, benchRawWrites) })
 	up(rAPICpUp, apiVM, func(w *stopwatch) time.Duration { return apiCpTo(b, w, d, id, p, benchFrame) })
-	up(rRawDown, vm.meter, func(w *stopwatch) time.Duration { return rawDownload(b, w, raw) })
+	up(rRawDown, vm.meter, func(w *stopwatch) time.Duration { return rawDownload(b, w, raw, 'D') })
+	up(rRawFileUp, vm.meter, func(w *stopwatch) time.Duration { return rawUploadOp(b, w, raw, p.data, benchRawWrites, 'F') })
+	up(rRawFileDown, vm.meter, func(w *stopwatch) time.Duration { return rawDownload(b, w, raw, 'R') })
 	up(rAPICpDown, apiVM, func(w *stopwatch) time.Duration { return apiCpFrom(b, w, d, id, p) })
 	up(rBenchUp, vm.meter, func(w *stopwatch) time.Duration { return agentBench(b, w, ag, true) })
 	up(rBenchDown, vm.meter, func(w *stopwatch) time.Duration { return agentBench(b, w, ag, false) })
@@ -336,9 +340,16 @@ func timeN(b *testing.B, f func() error) []time.Duration {
 // on the raw port and waits for the guest's 'K'.
 func rawUpload(b *testing.B, w *stopwatch, c net.Conn, data []byte, chunk int) time.Duration {
 	b.Helper()
+	return rawUploadOp(b, w, c, data, chunk, 'U')
+}
+
+// rawUploadOp is rawUpload with the guest's operation: 'U' discards the
+// data, 'F' writes it to a file in the guest's tmpfs.
+func rawUploadOp(b *testing.B, w *stopwatch, c net.Conn, data []byte, chunk int, op byte) time.Duration {
+	b.Helper()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
 	var hdr [9]byte
-	hdr[0] = 'U'
+	hdr[0] = op
 	binary.BigEndian.PutUint64(hdr[1:], uint64(len(data)))
 	w.start()
 	if _, err := c.Write(hdr[:]); err != nil {
@@ -356,12 +367,13 @@ func rawUpload(b *testing.B, w *stopwatch, c net.Conn, data []byte, chunk int) t
 	return w.stop()
 }
 
-// rawDownload asks the guest for benchBytes on the raw port and reads them.
-func rawDownload(b *testing.B, w *stopwatch, c net.Conn) time.Duration {
+// rawDownload asks the guest for benchBytes on the raw port and reads
+// them: op 'D' sends them from memory, 'R' from the file 'F' wrote.
+func rawDownload(b *testing.B, w *stopwatch, c net.Conn, op byte) time.Duration {
 	b.Helper()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
 	var hdr [9]byte
-	hdr[0] = 'D'
+	hdr[0] = op
 	binary.BigEndian.PutUint64(hdr[1:], benchBytes)
 	buf := make([]byte, benchRawWrites)
 	w.start()
@@ -712,8 +724,10 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 	}
 	var t strings.Builder
 	fmt.Fprintf(&t, "\nBenchmarkAgent: %d round(s), %d MB per transfer, %d execs per path per round\n", len(rounds), benchBytes/1_000_000, benchExecs)
-	fmt.Fprintf(&t, "%-28s %10s %10s %10s %10s\n", "path", "up-MB/s", "down-MB/s", "up/raw", "down/raw")
+	fmt.Fprintf(&t, "raw = raw port, guest discards or sends from memory; raw-file = raw port, guest writes or reads %s\n", "a tmpfs file (the same transfer as cp)")
+	fmt.Fprintf(&t, "%-28s %10s %10s %10s %10s %12s %12s\n", "path", "up-MB/s", "down-MB/s", "up/raw", "down/raw", "up/raw-file", "down/raw-file")
 	rawUp, rawDown := rate(rRawUp), rate(rRawDown)
+	fileUp, fileDown := rate(rRawFileUp), rate(rRawFileDown)
 	row := func(name, upKey, downKey string) {
 		u, dn := math.NaN(), math.NaN()
 		if upKey != "" {
@@ -722,9 +736,10 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 		if downKey != "" {
 			dn = rate(downKey)
 		}
-		fmt.Fprintf(&t, "%-28s %10.1f %10.1f %10.2f %10.2f\n", name, u, dn, u/rawUp, dn/rawDown)
+		fmt.Fprintf(&t, "%-28s %10.1f %10.1f %10.2f %10.2f %12.2f %12.2f\n", name, u, dn, u/rawUp, dn/rawDown, u/fileUp, dn/fileDown)
 	}
 	row("raw virtio-serial", rRawUp, rRawDown)
+	row("raw virtio-serial, file", rRawFileUp, rRawFileDown)
 	row("agent bench call", rBenchUp, rBenchDown)
 	row("agent CopyTo/CopyFrom", rAgentCpUp, rAgentCpDown)
 	row("API cp WebSocket", rAPICpUp, rAPICpDown)
@@ -749,11 +764,13 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 	b.ReportMetric(msf(pct(api, 0.99)), "exec-api-p99-ms")
 	b.ReportMetric(msf(pct(ag, 0.50)), "exec-agent-p50-ms")
 	b.ReportMetric(msf(pct(ag, 0.99)), "exec-agent-p99-ms")
-	for _, key := range []string{rAPICpUp, rAPICpDown, rRawUp, rRawDown, rBenchUp, rBenchDown, rAgentCpUp, rAgentCpDown} {
+	for _, key := range []string{rAPICpUp, rAPICpDown, rRawUp, rRawDown, rRawFileUp, rRawFileDown, rBenchUp, rBenchDown, rAgentCpUp, rAgentCpDown} {
 		b.ReportMetric(rate(key), key+"-MBps")
 	}
 	b.ReportMetric(rate(rAPICpUp)/rawUp, "ratio-up")
 	b.ReportMetric(rate(rAPICpDown)/rawDown, "ratio-down")
+	b.ReportMetric(rate(rAPICpUp)/fileUp, "ratio-up-file")
+	b.ReportMetric(rate(rAPICpDown)/fileDown, "ratio-down-file")
 }
 
 // cpuTable prints where one round's transfers spent CPU time (seconds;
@@ -761,7 +778,7 @@ func reportAgent(b *testing.B, rounds []agentRound) {
 func cpuTable(t *strings.Builder, round int, r agentRound) {
 	fmt.Fprintf(t, "CPU seconds per transfer, round %d:\n%-27s %7s %7s %7s %7s %7s %7s %7s %7s\n", round,
 		"transfer", "wall-s", "MB/s", "g-user", "g-sys", "g-idle", "qemu", "daemon", "bench")
-	for _, key := range []string{rRawUp, rRawUp32K, rBenchUp, rBenchUp32K, rBenchUp1M, rBenchUp2x, rAgentCpUp,
+	for _, key := range []string{rRawUp, rRawUp32K, rRawFileUp, rRawFileDown, rBenchUp, rBenchUp32K, rBenchUp1M, rBenchUp2x, rAgentCpUp,
 		rAgentCpUp32K, rAgentCpUp2x, rAPICpUp, rAPICpUp256K, rRawDown, rBenchDown, rBenchDown4M, rAgentCpDown,
 		rAPICpDown, rGuestRead, rGuestWrite} {
 		c := r.cpu[key]
