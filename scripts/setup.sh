@@ -14,6 +14,7 @@ fi
 packages=(
 	qemu-system-x86 qemu-utils   # the hypervisor and qemu-img
 	erofs-utils e2fsprogs        # image root file systems, overlay templates
+	xfsprogs                     # the tests' data dirs: XFS with reflinks
 	iproute2 curl                # namespaces for tests and the demo
 	busybox-static debootstrap   # building real test images from Debian packages
 	skopeo                       # a third-party registry client for the push tests

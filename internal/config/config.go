@@ -34,6 +34,10 @@ type Config struct {
 	// JWTSecret signs and checks API tokens (HS256). Empty: a random secret
 	// is made on first start and kept in <data_dir>/system/jwt-secret.
 	JWTSecret string `yaml:"jwt_secret"`
+	// FreezeMode is how forks and snapshots share an instance's disk and
+	// RAM without copying: "clone" (reflinks: XFS with reflink=1, btrfs),
+	// "move" (any file system), or empty to clone when data_dir can.
+	FreezeMode string `yaml:"freeze_mode"`
 
 	Network    Network    `yaml:"network"`
 	Hypervisor Hypervisor `yaml:"hypervisor"`
@@ -138,6 +142,7 @@ func (c *Config) envVars() map[string]any {
 		"HYPEMAN_LISTEN":               &c.Listen,
 		"HYPEMAN_DATA_DIR":             &c.DataDir,
 		"HYPEMAN_JWT_SECRET":           &c.JWTSecret,
+		"HYPEMAN_FREEZE_MODE":          &c.FreezeMode,
 		"HYPEMAN_BRIDGE":               &c.Network.Bridge,
 		"HYPEMAN_SUBNET":               &c.Network.Subnet,
 		"HYPEMAN_DEFAULT_HYPERVISOR":   &c.Hypervisor.Default,
@@ -189,6 +194,11 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 func (c Config) Validate() error {
 	if !filepath.IsAbs(c.DataDir) {
 		return fmt.Errorf("config: data_dir %q must be an absolute path", c.DataDir)
+	}
+	switch c.FreezeMode {
+	case "", "clone", "move":
+	default:
+		return fmt.Errorf("config: freeze_mode %q: must be clone, move or empty (clone when data_dir can)", c.FreezeMode)
 	}
 	if _, err := netip.ParsePrefix(c.Network.Subnet); err != nil {
 		return fmt.Errorf("config: network.subnet: %w", err)

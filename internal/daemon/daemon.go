@@ -165,6 +165,7 @@ func (d *Daemon) initInstances(ctx context.Context) error {
 		StopTimeout:        config.Duration(d.cfg.Defaults.StopTimeout),
 		Boot:               bf,
 		UnavailableReasons: unavailable,
+		FreezeMode:         d.cfg.FreezeMode,
 		CrashAfter:         os.Getenv("HYPEMAN_TEST_CRASH_AFTER"), // test hook: see instances.Config
 	}, d.paths, imageSource{images: d.images, pullWait: 5 * time.Second}, netAdapter{net: d.net},
 		map[hypervisor.Type]hypervisor.Hypervisor{hypervisor.QEMU: q}, d.log.With("component", "instances"))

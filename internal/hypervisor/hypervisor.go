@@ -122,6 +122,13 @@ type Snapshotter interface {
 	SaveState(ctx context.Context, path string) error
 }
 
+// UnsyncedSaver is a Snapshotter that can save without waiting for the
+// state to reach the disk, so that a caller pausing a running guest can
+// sync the file after resuming it.
+type UnsyncedSaver interface {
+	SaveStateUnsynced(ctx context.Context, path string) error
+}
+
 // Restorer starts a VM from a saved state. The VM is left paused.
 // StartIncoming and LoadState split Restore in two, so that the VMM can
 // start before the state exists (the old VM still running).

@@ -75,7 +75,7 @@ func (m *Manager) Fork(ctx context.Context, ref string, req ForkRequest) (Instan
 	if err != nil {
 		return Instance{}, err
 	}
-	m.opLog(f.fork.ID, "create-fork", start, nil, fmt.Sprintf("from %s (%s), source %s, pause %v", src.Name, src.ID, inst.State, f.pause.Round(time.Microsecond)))
+	m.opLog(f.fork.ID, "create-fork", start, nil, fmt.Sprintf("from %s (%s), source %s, pause %v", src.Name, src.ID, inst.State, f.frozen.pause.Round(time.Microsecond)))
 	m.notify()
 	return m.view(f.fork), nil
 }
@@ -107,19 +107,18 @@ type forkOp struct {
 	target   State
 	name     string
 	fork     *Metadata
-	state    string // device state file to link into the fork, if any
-	cleanup  string // a switch state file to remove at the end
-	pause    time.Duration
+	frozen   frozenImage // the source's frozen files
 	// unlockSource releases the source's lock once the fork's files exist.
 	unlockSource func()
 }
 
 func (f *forkOp) run(ctx context.Context) error {
 	defer func() {
-		if f.cleanup != "" {
-			_ = os.RemoveAll(f.cleanup)
+		if f.frozen.cleanup != "" {
+			_ = os.RemoveAll(f.frozen.cleanup)
 		}
 	}()
+	defer f.releaseFrozen() // on failure; the source is still locked
 	return f.m.runSteps(ctx, "fork", []step{
 		{name: "freeze-source", do: f.freezeSource},
 		{name: "make-fork", do: f.makeFork, undo: f.removeFork},
@@ -133,6 +132,7 @@ func (f *forkOp) run(ctx context.Context) error {
 // only the fork (still Creating, so invisible) is touched. The state file
 // of a switch stays until the end: the fork's standby links it already.
 func (f *forkOp) releaseSource(ctx context.Context) error {
+	f.releaseFrozen()
 	if f.unlockSource != nil {
 		f.unlockSource()
 	}
@@ -146,26 +146,19 @@ func (f *forkOp) commit(ctx context.Context) error {
 	return saveMetadata(f.m.paths.InstanceMetadata(f.fork.ID), f.fork)
 }
 
-// freezeSource shares the source's disk (and RAM, when the fork is to
+// freezeSource shares the source's disk (and RAM, when the fork may
 // resume from memory) without copying.
-func (f *forkOp) freezeSource(ctx context.Context) error {
-	m, src := f.m, f.src
-	switch f.srcState {
-	case StateRunning:
-		state, pause, err := m.freezeRunning(ctx, src)
-		if err != nil {
-			return err
-		}
-		f.state, f.cleanup, f.pause = state, state[:len(state)-len("/state")], pause
-		return nil
-	case StateStandby:
-		if err := m.freeze(ctx, src, planFreeze(src, true)); err != nil {
-			return err
-		}
-		f.state = statePath(m.paths.InstanceStandbyDir(src.ID))
-		return nil
-	default:
-		return m.freeze(ctx, src, planFreeze(src, false))
+func (f *forkOp) freezeSource(ctx context.Context) (err error) {
+	f.frozen, err = f.m.freezeFor(ctx, f.src, f.srcState)
+	return err
+}
+
+// releaseFrozen lets go of the source's hold on its clones: the fork's
+// metadata names them now (or the fork is gone).
+func (f *forkOp) releaseFrozen() {
+	if r := f.frozen.release; r != nil {
+		f.frozen.release = nil
+		r()
 	}
 }
 
@@ -181,9 +174,11 @@ func (f *forkOp) makeFork(ctx context.Context) error {
 	fork.ProgramStartedAt, fork.AgentReadyAt = nil, nil
 	fork.Network = NetworkMeta{Enabled: src.Network.Enabled}
 	fork.Overlay, fork.VMMGen, fork.Pending, fork.Freeze, fork.Creating = "overlay-0.qcow2", 0, "", nil, true
-	if f.state == "" || f.target == StateStopped {
+	fork.Layers = append([]string(nil), f.frozen.layers...)
+	if f.frozen.state == "" || f.target == StateStopped {
 		fork.MemoryBase = ""
 	} else {
+		fork.MemoryBase = f.frozen.memory
 		fork.Inherited, fork.InheritedMAC = true, src.Network.MAC
 		if src.Inherited {
 			fork.InheritedMAC = src.InheritedMAC
@@ -197,7 +192,7 @@ func (f *forkOp) makeFork(ctx context.Context) error {
 	if err := saveMetadata(m.paths.InstanceMetadata(id), fork); err != nil {
 		return err
 	}
-	if err := m.storage.CreateOverlayOn(ctx, m.overlayPath(fork), m.paths.Layer(src.Layers[len(src.Layers)-1])); err != nil {
+	if err := m.storage.CreateOverlayOn(ctx, m.overlayPath(fork), m.paths.Layer(fork.Layers[len(fork.Layers)-1])); err != nil {
 		return err
 	}
 	if err := m.writeConfigDisk(ctx, fork); err != nil {
@@ -217,7 +212,7 @@ func (f *forkOp) linkStandby() error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.Link(f.state, statePath(dir)); err != nil {
+	if err := os.Link(f.frozen.state, statePath(dir)); err != nil {
 		return fmt.Errorf("link device state: %w", err)
 	}
 	if err := copyFile(m.paths.InstanceEvents(f.src.ID), m.paths.InstanceEvents(fork.ID)); err != nil {

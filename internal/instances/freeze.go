@@ -21,6 +21,10 @@ type freezePlan struct {
 	Layer      string `json:"layer,omitempty"`       // new layer ID
 	NewOverlay string `json:"new_overlay,omitempty"` // the instance's next overlay name
 	Memory     string `json:"memory,omitempty"`      // new memory base ID
+	// Clone marks a freeze by cloning (clone.go): the instance keeps its
+	// files, and the plan only protects the clones from garbage
+	// collection until their consumer refers to them.
+	Clone bool `json:"clone,omitempty"`
 }
 
 // nextOverlayName returns overlay-<n+1>.qcow2 after the current name.
@@ -119,6 +123,12 @@ func (m *Manager) settleFreeze(ctx context.Context, meta *Metadata) error {
 		return saveMetadata(m.paths.InstanceMetadata(meta.ID), meta)
 	}
 	plan := *meta.Freeze
+	if plan.Clone {
+		// The instance kept its files: drop the plan; clones that no
+		// consumer names go with the next garbage collection.
+		meta.Pending, meta.Freeze = "", nil
+		return saveMetadata(m.paths.InstanceMetadata(meta.ID), meta)
+	}
 	if fileExists(m.overlayPath(meta)) && !fileExists(m.paths.Layer(plan.Layer)) {
 		// Nothing was moved: drop the plan.
 		_ = os.Remove(m.paths.InstanceOverlay(meta.ID, plan.NewOverlay) + ".tmp")

@@ -96,6 +96,10 @@ type Config struct {
 	DeleteStopTimeout  time.Duration
 	Boot               BootFiles
 	UnavailableReasons map[hypervisor.Type]string
+	// FreezeMode is how forks and snapshots freeze files: "clone" (needs a
+	// data dir with reflinks), "move", or "" to clone when the data dir
+	// can.
+	FreezeMode string
 	// CrashAfter ("op/step") kills the daemon right after that step. A test
 	// hook (HYPEMAN_TEST_CRASH_AFTER), for crash-consistency tests.
 	CrashAfter string
@@ -110,6 +114,7 @@ type Manager struct {
 	hvs     map[hypervisor.Type]hypervisor.Hypervisor
 	storage *storage.Store
 	log     *slog.Logger
+	clone   bool // freeze by cloning (clone.go)
 
 	mu      sync.Mutex // guards the fields below
 	locks   map[string]*sync.Mutex
@@ -144,12 +149,34 @@ func New(cfg Config, p *paths.Paths, images ImageSource, nw Network,
 	if cfg.DeleteStopTimeout == 0 {
 		cfg.DeleteStopTimeout = 2 * time.Second
 	}
+	clone, err := freezeByClone(cfg.FreezeMode, p.InstancesDir())
+	if err != nil {
+		return nil, err
+	}
+	log.Info("freezing files for forks and snapshots", "by", map[bool]string{true: "clone", false: "move"}[clone])
 	return &Manager{
-		cfg: cfg, paths: p, images: images, net: nw, hvs: hvs,
+		cfg: cfg, paths: p, images: images, net: nw, hvs: hvs, clone: clone,
 		storage: storage.New(p.OverlayTemplateDir()), log: log,
 		locks: map[string]*sync.Mutex{}, vms: map[string]*runningVM{}, agents: map[string]agentClient{},
 		names: map[string]bool{}, changed: make(chan struct{}), stop: make(chan struct{}),
 	}, nil
+}
+
+// freezeByClone decides how to freeze: mode "clone", "move", or "" for
+// clone when dir's file system can.
+func freezeByClone(mode, dir string) (bool, error) {
+	switch mode {
+	case "":
+		return storage.SupportsClone(dir), nil
+	case "move":
+		return false, nil
+	case "clone":
+		if !storage.SupportsClone(dir) {
+			return false, fmt.Errorf("instances: freeze mode clone: the file system of %s cannot clone files (FICLONE); use XFS with reflink=1 or btrfs", dir)
+		}
+		return true, nil
+	}
+	return false, fmt.Errorf("instances: unknown freeze mode %q (clone, move)", mode)
 }
 
 // Close stops watching VMs (they keep running) and waits for the watchers.

@@ -31,6 +31,7 @@ func (m *Manager) Recover(ctx context.Context) (keepTAPs map[string]bool, err er
 			keepTAPs[tap] = true
 		}
 	}
+	m.collectGarbage() // frozen files of forks and freezes a crash undid
 	return keepTAPs, nil
 }
 

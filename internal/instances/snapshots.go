@@ -96,12 +96,15 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, req CreateSnap
 	}
 	snap := &Snapshot{SchemaVersion: snapshotVersion, ID: cuid.New(), Name: req.Name, Kind: req.Kind,
 		SourceID: src.ID, SourceName: src.Name, SourceHypervisor: src.Hypervisor, CreatedAt: time.Now().UTC(), Tags: req.Tags}
-	state, cleanup, err := m.freezeForSnapshot(ctx, src, inst.State, req.Kind)
-	if cleanup != "" {
-		defer os.RemoveAll(cleanup)
+	fr, err := m.freezeForSnapshot(ctx, src, inst.State, req.Kind)
+	if fr.cleanup != "" {
+		defer os.RemoveAll(fr.cleanup)
 	}
 	if err == nil {
-		err = m.writeSnapshot(snap, src, state)
+		err = m.writeSnapshot(snap, src, fr)
+	}
+	if fr.release != nil {
+		fr.release()
 	}
 	m.opLog(src.ID, "snapshot", start, err, fmt.Sprintf("%s snapshot %s", req.Kind, snap.ID))
 	if err != nil {
@@ -124,45 +127,39 @@ func snapshotAllowed(kind string, s State) error {
 	return nil
 }
 
-// freezeForSnapshot freezes what the snapshot shares and returns the
-// device state file to link (Standby kind) and a dir to remove afterwards.
-func (m *Manager) freezeForSnapshot(ctx context.Context, src *Metadata, s State, kind string) (state, cleanup string, err error) {
-	switch {
-	case s == StateRunning:
-		st, _, err := m.freezeRunning(ctx, src)
-		if err != nil {
-			return "", "", err
-		}
-		return st, st[:len(st)-len("/state")], nil
-	case kind == KindStandby:
-		return statePath(m.paths.InstanceStandbyDir(src.ID)), "", m.freeze(ctx, src, planFreeze(src, true))
-	default:
-		return "", "", m.freeze(ctx, src, planFreeze(src, false))
+// freezeForSnapshot freezes what the snapshot shares: disk only for a
+// Stopped snapshot.
+func (m *Manager) freezeForSnapshot(ctx context.Context, src *Metadata, s State, kind string) (frozenImage, error) {
+	fr, err := m.freezeFor(ctx, src, s)
+	if err == nil && kind == KindStopped {
+		fr.memory, fr.state = "", ""
 	}
+	return fr, err
 }
 
 // writeSnapshot fills the snapshot's dir; the record, written last, makes
 // it exist.
-func (m *Manager) writeSnapshot(snap *Snapshot, src *Metadata, state string) error {
+func (m *Manager) writeSnapshot(snap *Snapshot, src *Metadata, fr frozenImage) error {
 	dir := m.paths.SnapshotDir(snap.ID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	snap.Layers = append([]string(nil), src.Layers...)
+	snap.Layers = append([]string(nil), fr.layers...)
 	snap.Source = *src.clone()
 	snap.Source.Pending, snap.Source.Freeze = "", nil
+	snap.Source.Layers, snap.Source.MemoryBase = append([]string(nil), fr.layers...), fr.memory
 	for _, l := range snap.Layers {
 		if n, err := storage.AllocatedBytes(m.paths.Layer(l)); err == nil {
 			snap.SizeBytes += n
 		}
 	}
 	if snap.Kind == KindStandby {
-		if err := os.Link(state, statePath(dir)); err != nil {
+		if err := os.Link(fr.state, statePath(dir)); err != nil {
 			_ = os.RemoveAll(dir)
 			return fmt.Errorf("link device state: %w", err)
 		}
-		snap.MemoryBase = src.MemoryBase
-		snap.Manifest = manifest{SchemaVersion: manifestVersion, Memory: src.MemoryBase, MemoryBytes: src.MemoryBytes}
+		snap.MemoryBase = fr.memory
+		snap.Manifest = manifest{SchemaVersion: manifestVersion, Memory: fr.memory, MemoryBytes: src.MemoryBytes}
 		sum, size, err := hashFile(statePath(dir))
 		if err != nil {
 			_ = os.RemoveAll(dir)
@@ -170,7 +167,7 @@ func (m *Manager) writeSnapshot(snap *Snapshot, src *Metadata, state string) err
 		}
 		snap.Manifest.StateSHA256, snap.Manifest.StateSize = sum, size
 		snap.SizeBytes += size
-		if n, err := storage.AllocatedBytes(src.MemoryBase); err == nil {
+		if n, err := storage.AllocatedBytes(fr.memory); err == nil {
 			snap.SizeBytes += n
 		}
 	}

@@ -33,7 +33,9 @@ import (
 //
 //	cd test/e2e && go test -run '^$' -bench BenchmarkFork -benchtime 1x -count 1 -timeout 60m .
 //
-// HYPEMAN_FORKBENCH=smoke runs a small variant (one size, few forks).
+// HYPEMAN_FORKBENCH=smoke runs a small variant (one size, few forks). The
+// daemon's data dir is on XFS with reflinks (freezing by cloning) unless
+// HYPEMAN_E2E_FREEZE=move (see xfs_test.go).
 //
 // Per configuration (RAM, working set, overlay size), source A is created
 // (1 vCPU), 512 MiB of random data is written to a file under /var (the
@@ -913,7 +915,8 @@ func apiTimes(ops []opSample) []time.Duration {
 
 func reportFork(b *testing.B, plan forkPlan, res forkResults) {
 	var w strings.Builder
-	fmt.Fprintf(&w, "\nBenchmarkFork (%s plan): times in ms; standby/restore/fork = API request to answer.\n", plan.name)
+	fmt.Fprintf(&w, "\nBenchmarkFork (%s plan, data dir freezing by %s): times in ms; standby/restore/fork = API request to answer.\n",
+		plan.name, os.Getenv("HYPEMAN_FREEZE_MODE"))
 	reportConfigs(&w, res)
 	reportBaselines(&w, res)
 	reportConc(&w, res.conc)

@@ -10,7 +10,8 @@ import (
 
 // TestCrashConsistency kills the daemon (SIGKILL, through the test hook
 // HYPEMAN_TEST_CRASH_AFTER) right after each step of standby, restore,
-// fork and the in-place freeze of a running source, restarts it, and
+// fork and the in-place freeze of a running source (by cloning or by a VMM
+// switch, as the run's freeze mode has it), restarts it, and
 // checks that every instance is in its old or its new state, that no QEMU
 // process, TAP or instance dir is orphaned, and that the source still
 // works.
@@ -52,8 +53,15 @@ func TestCrashConsistency(t *testing.T) {
 	for _, s := range []string{"freeze-source", "make-fork", "target-state"} {
 		cases = append(cases, tcase{"fork/" + s, "Standby", forkStandby, []string{"Standby"}})
 	}
-	for _, s := range []string{"record", "freeze-files", "tap", "start-vmm", "migrate", "commit"} {
-		cases = append(cases, tcase{"freeze-running/" + s, "Running", forkRunning, []string{"Running"}})
+	// A running source whose RAM is its own file is frozen in place by
+	// cloning (clone-running), or else by a switch to a new VMM
+	// (freeze-running).
+	runningOp, runningSteps := "freeze-running", []string{"record", "freeze-files", "tap", "start-vmm", "migrate", "commit"}
+	if freezeByClone() {
+		runningOp, runningSteps = "clone-running", []string{"record", "write-back", "pause", "save-state", "clone", "resume", "sync-state"}
+	}
+	for _, s := range runningSteps {
+		cases = append(cases, tcase{runningOp + "/" + s, "Running", forkRunning, []string{"Running"}})
 	}
 	for _, tc := range cases {
 		t.Run(strings.ReplaceAll(tc.crash, "/", "-"), func(t *testing.T) {

@@ -80,7 +80,7 @@ func startDaemon(name string) (*daemon, error) {
 	n := nextNet
 	nextNet++
 	daemonsMu.Unlock()
-	dir, err := os.MkdirTemp("/tmp", "hme2e-"+name+"-")
+	dir, err := os.MkdirTemp(dataRoot(), "hme2e-"+name+"-")
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -156,6 +157,13 @@ func TestFork(t *testing.T) {
 	}
 	f1s = post(t, d, "/instances/"+f1s.ID+"/restore", nil, 200)
 	checkIndependent(t, d, f1, f1s)
+	if freezeByClone() {
+		// Frozen by cloning, three times: the source still has its own
+		// RAM file (mapped shared), so its standby saves device state only.
+		if _, err := os.Stat(filepath.Join(d.dataDir, "instances", src.ID, "mem")); err != nil {
+			t.Fatalf("source lost its own RAM file to a fork: %v", err)
+		}
+	}
 
 	// Fork of a fork.
 	f2 := post(t, d, "/instances/"+f1.ID+"/fork", map[string]any{"name": "fork-of-fork", "from_running": true}, 201)
@@ -164,6 +172,9 @@ func TestFork(t *testing.T) {
 
 	// From Standby: default Standby, then Running and Stopped targets.
 	post(t, d, "/instances/"+src.ID+"/standby", nil, 200)
+	if fi, err := os.Stat(filepath.Join(d.dataDir, "instances", src.ID, "standby", "state")); err != nil || (freezeByClone() && fi.Size() > 8<<20) {
+		t.Fatalf("standby state of a source forked from Running: %v, %v (clone mode: device state only, a few hundred KB)", fi, err)
+	}
 	f3 := post(t, d, "/instances/"+src.ID+"/fork", map[string]any{"name": "fork-standby"}, 201)
 	t.Cleanup(func() { d.do("DELETE", "/instances/"+f3.ID+"?graceful_shutdown=false", nil, nil) })
 	if f3.State != "Standby" {

@@ -54,6 +54,13 @@ func outer(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: prepare:", err)
 		return 1
 	}
+	fenv, cleanup, err := freezeEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: data dir root:", err)
+		return 1
+	}
+	defer cleanup()
+	env = append(env, fenv...)
 	ns := fmt.Sprintf("hme2e-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: ip netns add: %v: %s\n", err, out)

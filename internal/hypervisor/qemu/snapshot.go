@@ -32,6 +32,16 @@ func (v *vm) Resume(ctx context.Context) error {
 // SaveState writes the VM's device state (and RAM that is not in a shared
 // memory file) to path, atomically and durably. The VM should be paused.
 func (v *vm) SaveState(ctx context.Context, path string) error {
+	return v.saveState(ctx, path, true)
+}
+
+// SaveStateUnsynced is SaveState without the fsync: the file is complete
+// when it returns, durable only once the caller syncs it.
+func (v *vm) SaveStateUnsynced(ctx context.Context, path string) error {
+	return v.saveState(ctx, path, false)
+}
+
+func (v *vm) saveState(ctx context.Context, path string, sync bool) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -54,8 +64,10 @@ func (v *vm) SaveState(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("qemu: save state: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("qemu: save state: %w", err)
+	if sync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("qemu: save state: %w", err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
