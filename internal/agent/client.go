@@ -46,9 +46,13 @@ type Client struct {
 	log    *slog.Logger
 	bulk   *bulkConn // nil: no bulk channel
 
-	mu     sync.Mutex // guards the fields below
-	sess   *yamux.Session
-	closed bool
+	// life ends with Close: it interrupts a connect in progress, which
+	// holds mu.
+	life    context.Context
+	endLife context.CancelFunc
+	mu      sync.Mutex // guards the fields below
+	sess    *yamux.Session
+	closed  bool
 }
 
 // Option configures a Client.
@@ -63,6 +67,7 @@ func WithBulk(d Dialer) Option {
 // New returns a client that connects on first use.
 func New(d Dialer, log *slog.Logger, opts ...Option) *Client {
 	c := &Client{dialer: d, log: log}
+	c.life, c.endLife = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(c)
 	}
@@ -71,6 +76,7 @@ func New(d Dialer, log *slog.Logger, opts ...Option) *Client {
 
 // Close ends the session. Calls in flight fail.
 func (c *Client) Close() {
+	c.endLife()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
@@ -106,12 +112,18 @@ func (c *Client) session(ctx context.Context) (*yamux.Session, error) {
 		return c.sess, nil
 	}
 	c.sess = nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.life, cancel)()
 	backoff := 10 * time.Millisecond
 	for {
 		sess, err := c.connect(ctx)
 		if err == nil {
 			c.sess = sess
 			return sess, nil
+		}
+		if c.life.Err() != nil {
+			return nil, ErrClosed
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("agent: connect: %w (last error: %v)", ctx.Err(), err)
@@ -136,6 +148,14 @@ func (c *Client) connect(ctx context.Context) (*yamux.Session, error) {
 		return nil, err
 	}
 	return sess, nil
+}
+
+// Connect makes sure a session is up, connecting if needed. Call it
+// before a restored guest resumes, so that the first call after the resume
+// finds the handshake already under way.
+func (c *Client) Connect(ctx context.Context) error {
+	_, err := c.session(ctx)
+	return err
 }
 
 // open starts a call: a new stream whose first frame is req. A stream that

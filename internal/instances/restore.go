@@ -127,12 +127,28 @@ func (m *Manager) restoreVM(ctx context.Context, hv hypervisor.Restorer, meta *M
 	if err != nil {
 		return nil, err
 	}
+	m.preconnectAgent(ctx, meta)
 	if err := vm.(hypervisor.Snapshotter).Resume(ctx); err != nil {
 		_ = vm.Kill()
 		_ = vm.Wait(ctx)
 		return nil, err
 	}
 	return vm, nil
+}
+
+// preconnectAgent starts connecting to a restored guest's agent before the
+// guest resumes: the handshake's first Hello waits in the channel, so the
+// guest answers it as soon as it runs instead of at the next resend.
+func (m *Manager) preconnectAgent(ctx context.Context, meta *Metadata) {
+	if meta.SkipGuestAgent {
+		return
+	}
+	c := m.agentFor(meta.ID, meta.VMMGen)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	go func() {
+		defer cancel()
+		_ = c.Connect(cctx)
+	}()
 }
 
 func fileExists(p string) bool {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
 	"github.com/hypeman-vm/hypeman/internal/hypervisor"
+	"github.com/hypeman-vm/hypeman/internal/storage"
 )
 
 // Standby puts a Running instance into standby: pause the VM, save its
@@ -68,7 +69,24 @@ func (m *Manager) standby(ctx context.Context, meta *Metadata) error {
 		return err
 	}
 	// The snapshot is complete: from here on, finish whatever happens.
-	return m.finishStandby(ctx, meta, rv)
+	err = m.finishStandby(ctx, meta, rv)
+	if meta.MemoryBase == "" {
+		go m.writeBackMemory(meta.ID)
+	}
+	return err
+}
+
+// writeBackMemory writes a standby instance's RAM file to disk in the
+// background: the guest's pages are in the page cache until then, and a
+// later fork that clones the file (clone.go) would wait for that
+// write-back inside its request.
+func (m *Manager) writeBackMemory(id string) {
+	start := time.Now()
+	if err := storage.SyncData(m.paths.InstanceMemory(id)); err != nil {
+		m.log.Debug("write back RAM file after standby", "id", id, "err", err)
+		return
+	}
+	m.log.Debug("RAM file written back after standby", "id", id, "took", time.Since(start))
 }
 
 // saveState writes the VM's device state into a fresh snapshot dir.
