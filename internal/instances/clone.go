@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hypeman-vm/hypeman/internal/atomicfile"
 	"github.com/hypeman-vm/hypeman/internal/cuid"
 	"github.com/hypeman-vm/hypeman/internal/errdefs"
@@ -122,22 +124,90 @@ func (m *Manager) removeClones(plan freezePlan) {
 }
 
 // cloneStill freezes a Stopped or Standby instance (no VM runs) by
-// cloning.
+// cloning, or reuses its last clones when its files have not changed
+// since.
 func (m *Manager) cloneStill(ctx context.Context, src *Metadata, memory bool) (frozenImage, error) {
+	cache := m.validClones(src)
 	plan := planClone(src, memory)
-	fr, err := m.recordClone(src, plan)
-	if err != nil {
-		return frozenImage{}, err
+	if cache.Layer != "" {
+		plan.Layer = ""
 	}
-	if err := m.cloneFiles(src, plan); err != nil {
-		m.removeClones(plan)
-		fr.release()
-		return frozenImage{}, err
+	if cache.Memory != "" || !memory {
+		plan.Memory = ""
 	}
+	if plan.Layer != "" || plan.Memory != "" {
+		if _, err := m.recordClone(src, plan); err != nil {
+			return frozenImage{}, err
+		}
+		if err := m.cloneFiles(src, plan); err != nil {
+			m.removeClones(plan)
+			src.Pending, src.Freeze = "", nil
+			_ = saveMetadata(m.paths.InstanceMetadata(src.ID), src)
+			return frozenImage{}, err
+		}
+		if plan.Layer != "" {
+			cache.Layer, cache.Overlay = plan.Layer, fileStamp(m.overlayPath(src))
+		}
+		if plan.Memory != "" {
+			cache.Memory, cache.RAM = plan.Memory, fileStamp(m.paths.InstanceMemory(src.ID))
+		}
+		// The cache now holds the clones for garbage collection.
+		src.Clones, src.Pending, src.Freeze = &cache, "", nil
+		if err := saveMetadata(m.paths.InstanceMetadata(src.ID), src); err != nil {
+			return frozenImage{}, err
+		}
+	}
+	fr := frozenImage{layers: append(append([]string(nil), src.Layers...), cache.Layer), memory: src.MemoryBase}
 	if memory {
+		if cache.Memory != "" {
+			fr.memory = m.paths.MemoryBase(cache.Memory)
+		}
 		fr.state = statePath(m.paths.InstanceStandbyDir(src.ID))
 	}
 	return fr, nil
+}
+
+// cloneCache names an instance's last clones and what its files were
+// like when they were made.
+type cloneCache struct {
+	Layer   string    `json:"layer,omitempty"`
+	Overlay stampMeta `json:"overlay,omitempty"`
+	Memory  string    `json:"memory,omitempty"`
+	RAM     stampMeta `json:"ram,omitempty"`
+}
+
+// stampMeta identifies a version of a file: a write changes its
+// modification time (QEMU writes the overlay; a guest's first write to a
+// page of its mapped RAM file updates it too).
+type stampMeta struct {
+	Inode   uint64 `json:"inode,omitempty"`
+	Size    int64  `json:"size,omitempty"`
+	MTimeNs int64  `json:"mtime_ns,omitempty"`
+}
+
+func fileStamp(path string) stampMeta {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return stampMeta{}
+	}
+	return stampMeta{Inode: st.Ino, Size: st.Size, MTimeNs: st.Mtim.Nano()}
+}
+
+// validClones returns the parts of src's clone cache that still match its
+// files and still exist.
+func (m *Manager) validClones(src *Metadata) cloneCache {
+	var c cloneCache
+	if src.Clones == nil {
+		return c
+	}
+	old := *src.Clones
+	if old.Layer != "" && old.Overlay != (stampMeta{}) && old.Overlay == fileStamp(m.overlayPath(src)) && fileExists(m.paths.Layer(old.Layer)) {
+		c.Layer, c.Overlay = old.Layer, old.Overlay
+	}
+	if old.Memory != "" && old.RAM != (stampMeta{}) && old.RAM == fileStamp(m.paths.InstanceMemory(src.ID)) && fileExists(m.paths.MemoryBase(old.Memory)) {
+		c.Memory, c.RAM = old.Memory, old.RAM
+	}
+	return c
 }
 
 // cloneRunning freezes a Running instance whose RAM is its own shared file

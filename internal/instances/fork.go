@@ -174,6 +174,7 @@ func (f *forkOp) makeFork(ctx context.Context) error {
 	fork.ProgramStartedAt, fork.AgentReadyAt = nil, nil
 	fork.Network = NetworkMeta{Enabled: src.Network.Enabled}
 	fork.Overlay, fork.VMMGen, fork.Pending, fork.Freeze, fork.Creating = "overlay-0.qcow2", 0, "", nil, true
+	fork.Clones = nil
 	fork.Layers = append([]string(nil), f.frozen.layers...)
 	if f.frozen.state == "" || f.target == StateStopped {
 		fork.MemoryBase = ""

@@ -40,6 +40,14 @@ func (m *Manager) collectGarbage() {
 				mems[f.Memory+".mem"] = true
 			}
 		}
+		if c := meta.Clones; c != nil {
+			if c.Layer != "" {
+				layers[c.Layer+".qcow2"] = true
+			}
+			if c.Memory != "" {
+				mems[c.Memory+".mem"] = true
+			}
+		}
 		keepMem(meta.MemoryBase)
 		if man, err := readManifest(m.paths.InstanceStandbyDir(meta.ID)); err == nil {
 			keepMem(man.Memory)

@@ -88,6 +88,11 @@ type Metadata struct {
 	Pending string `json:"pending,omitempty"`
 	// Freeze is the plan of a freeze in progress.
 	Freeze *freezePlan `json:"freeze,omitempty"`
+	// Clones are the last clones of this instance's overlay and RAM file
+	// (freezing by cloning), reused while those files are unchanged, so
+	// that forks of one Standby source share one memory base (and its
+	// page cache). Garbage collection keeps them.
+	Clones *cloneCache `json:"clones,omitempty"`
 }
 
 // overlayPath is the instance's current overlay disk.

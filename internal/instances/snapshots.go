@@ -146,7 +146,7 @@ func (m *Manager) writeSnapshot(snap *Snapshot, src *Metadata, fr frozenImage) e
 	}
 	snap.Layers = append([]string(nil), fr.layers...)
 	snap.Source = *src.clone()
-	snap.Source.Pending, snap.Source.Freeze = "", nil
+	snap.Source.Pending, snap.Source.Freeze, snap.Source.Clones = "", nil, nil
 	snap.Source.Layers, snap.Source.MemoryBase = append([]string(nil), fr.layers...), fr.memory
 	for _, l := range snap.Layers {
 		if n, err := storage.AllocatedBytes(m.paths.Layer(l)); err == nil {

@@ -109,6 +109,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, ref, sid string, target S
 func (m *Manager) instanceFromSnapshot(ctx context.Context, meta *Metadata, snap *Snapshot, target State, fresh bool) error {
 	meta.StartedAt, meta.StoppedAt, meta.ExitCode, meta.ExitMessage = nil, nil, nil, ""
 	meta.ProgramStartedAt, meta.AgentReadyAt, meta.Pending, meta.Freeze = nil, nil, "", nil
+	meta.Clones = nil
 	meta.Network = NetworkMeta{Enabled: meta.Network.Enabled}
 	meta.Layers = append([]string(nil), snap.Layers...)
 	meta.Overlay = nextOverlayName(meta.Overlay)

@@ -33,7 +33,8 @@ import (
 //
 //	cd test/e2e && go test -run '^$' -bench BenchmarkFork -benchtime 1x -count 1 -timeout 60m .
 //
-// HYPEMAN_FORKBENCH=smoke runs a small variant (one size, few forks). The
+// HYPEMAN_FORKBENCH=smoke runs a small variant (one size, few forks);
+// HYPEMAN_FORKBENCH=idle only the idle forks (and 2 concurrent ones). The
 // daemon's data dir is on XFS with reflinks (freezing by cloning) unless
 // HYPEMAN_E2E_FREEZE=move (see xfs_test.go).
 //
@@ -115,6 +116,9 @@ type forkPlan struct {
 }
 
 func forkBenchPlan() forkPlan {
+	if os.Getenv("HYPEMAN_FORKBENCH") == "idle" {
+		return forkPlan{name: "idle", concurrent: 2, concRAM: gib, idle: 100, idleBatch: 10, idleRAM: gib, idleBudget: 10}
+	}
 	if os.Getenv("HYPEMAN_FORKBENCH") == "smoke" {
 		return forkPlan{name: "smoke", configs: []forkCfg{{512 * mib, 256 * mib, gib}},
 			perConfig: 2, concurrent: 3, concRAM: 2 * gib, idle: 4, idleBatch: 2, idleRAM: gib,

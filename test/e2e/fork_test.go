@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -188,6 +189,13 @@ func TestFork(t *testing.T) {
 	if f4.State != "Running" || f5.State != "Stopped" || get(t, d, src.ID).State != "Standby" {
 		t.Fatalf("targets from Standby: %s %s, source %s", f4.State, f5.State, get(t, d, src.ID).State)
 	}
+	if freezeByClone() {
+		// Forks of one Standby source share one clone of its RAM (and so
+		// its page cache).
+		if a, b := memoryBaseOf(t, d, f3.ID), memoryBaseOf(t, d, f4.ID); a == "" || a != b {
+			t.Fatalf("forks of one Standby source map different RAM: %q and %q", a, b)
+		}
+	}
 	src = post(t, d, "/instances/"+src.ID+"/restore", nil, 200)
 	checkIndependent(t, d, src, f3)
 	checkIndependent(t, d, f3, f4)
@@ -221,6 +229,23 @@ func TestFork(t *testing.T) {
 		}
 		guestCounter(t, d, f.ID)
 	}
+}
+
+// memoryBaseOf reads the frozen RAM file an instance maps, from its
+// metadata in the data dir.
+func memoryBaseOf(t *testing.T, d *daemon, id string) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(d.dataDir, "instances", id, "metadata.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		MemoryBase string `json:"memory_base"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m.MemoryBase
 }
 
 // checkIndependent checks two running instances that share a history:
