@@ -63,6 +63,11 @@ type Hypervisor struct {
 	QEMUBinary string `yaml:"qemu_binary"`
 	// Accel is auto (probe KVM with a real VM, else TCG), kvm or tcg. Default auto.
 	Accel string `yaml:"accel"`
+	// TCGCodeSize caps the buffer of code QEMU translates for each VM under
+	// TCG (QEMU's tb-size); empty keeps QEMU's default. Smaller saves host
+	// memory per VM (the buffer is touched whole) at the cost of
+	// translating code again more often. Ignored under KVM.
+	TCGCodeSize string `yaml:"tcg_code_size"`
 }
 
 // Kernel locates the guest kernel. Empty fields: the Debian cloud kernel is
@@ -148,6 +153,7 @@ func (c *Config) envVars() map[string]any {
 		"HYPEMAN_DEFAULT_HYPERVISOR":   &c.Hypervisor.Default,
 		"HYPEMAN_QEMU_BINARY":          &c.Hypervisor.QEMUBinary,
 		"HYPEMAN_ACCEL":                &c.Hypervisor.Accel,
+		"HYPEMAN_TCG_CODE_SIZE":        &c.Hypervisor.TCGCodeSize,
 		"HYPEMAN_KERNEL":               &c.Kernel.Vmlinuz,
 		"HYPEMAN_KERNEL_MODULES":       &c.Kernel.ModulesDir,
 		"HYPEMAN_MAX_VCPUS":            &c.Limits.MaxVCPUs,
@@ -217,6 +223,11 @@ func (c Config) Validate() error {
 	} {
 		if _, err := datasize.Parse(s); err != nil {
 			return fmt.Errorf("config: %s: %w", name, err)
+		}
+	}
+	if s := c.Hypervisor.TCGCodeSize; s != "" {
+		if n, err := datasize.Parse(s); err != nil || n < 1<<20 {
+			return fmt.Errorf("config: hypervisor.tcg_code_size %q: a size of at least 1MB", s)
 		}
 	}
 	if _, err := time.ParseDuration(c.Defaults.StopTimeout); err != nil {

@@ -148,7 +148,8 @@ func (d *Daemon) initInstances(ctx context.Context) error {
 		return err
 	}
 	accel, _ := d.accel(ctx, bf)
-	q := qemu.New(qemu.Config{Binary: d.cfg.Hypervisor.QEMUBinary, Accel: accel}, d.log)
+	q := qemu.New(qemu.Config{Binary: d.cfg.Hypervisor.QEMUBinary, Accel: accel,
+		TCGCodeMiB: int(config.Bytes(d.cfg.Hypervisor.TCGCodeSize) >> 20)}, d.log)
 	d.capabilities = api.Capabilities{
 		Version: version(), DefaultRuntime: d.cfg.Hypervisor.Default,
 		Gateway: d.net.Gateway().String(), Subnet: d.net.Subnet().String(),

@@ -52,6 +52,9 @@ type Spec struct {
 	VMMLog string
 	// Accel is "kvm" or "tcg".
 	Accel string
+	// TCGCodeMiB is the size of TCG's translated-code buffer in MiB; 0
+	// keeps the hypervisor's default. Only under TCG.
+	TCGCodeMiB int
 	// MemoryPrivate maps MemoryFile privately (copy-on-write): the guest's
 	// writes never reach the file. Clones of one memory snapshot use it.
 	MemoryPrivate bool

@@ -70,7 +70,7 @@ func machineOpts(spec hypervisor.Spec) []option {
 		{flag: "-no-user-config"},
 		{flag: "-display", value: "none"},
 		{flag: "-no-reboot"},
-		{flag: "-accel", value: spec.Accel},
+		accelOpt(spec),
 		{flag: "-smp", value: fmt.Sprint(spec.VCPUs)},
 		{flag: "-m", value: mem},
 	}
@@ -88,6 +88,14 @@ func machineOpts(spec hypervisor.Spec) []option {
 		}})
 	}
 	return append(opts, machine)
+}
+
+func accelOpt(spec hypervisor.Spec) option {
+	o := option{flag: "-accel", value: spec.Accel}
+	if spec.Accel == "tcg" && spec.TCGCodeMiB > 0 {
+		o.props = []prop{{"tb-size", fmt.Sprint(spec.TCGCodeMiB)}}
+	}
+	return o
 }
 
 func bootOpts(spec hypervisor.Spec) []option {

@@ -87,6 +87,17 @@ func TestBuildArgsVariants(t *testing.T) {
 			has:  [][]string{{"-accel", "kvm", "-smp", "2", "-m", "256M", "-cpu", "host", "-object"}},
 		},
 		{
+			name: "tcg code buffer size",
+			edit: func(s *hypervisor.Spec) { s.TCGCodeMiB = 16 },
+			has:  [][]string{{"-accel", "tcg,tb-size=16"}},
+		},
+		{
+			name:   "kvm ignores the tcg code buffer size",
+			edit:   func(s *hypervisor.Spec) { s.Accel, s.TCGCodeMiB = "kvm", 16 },
+			has:    [][]string{{"-accel", "kvm"}},
+			hasNot: []string{"tcg,tb-size=16"},
+		},
+		{
 			name:   "tcg has no -cpu",
 			edit:   func(s *hypervisor.Spec) {},
 			hasNot: []string{"-cpu"},
@@ -202,6 +213,10 @@ func TestArgsDefaults(t *testing.T) {
 	spec.Accel = "tcg"
 	if args := q.Args(spec); !containsSeq(args, []string{"-accel", "tcg"}) {
 		t.Errorf("the spec's accel must win over the backend's: %q", args)
+	}
+	q = New(Config{TCGCodeMiB: 24}, nil)
+	if args := q.Args(spec); !containsSeq(args, []string{"-accel", "tcg,tb-size=24"}) {
+		t.Errorf("configured tcg code buffer size ignored: %q", args)
 	}
 	if q.Type() != hypervisor.QEMU {
 		t.Errorf("type %q", q.Type())

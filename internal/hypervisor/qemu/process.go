@@ -24,6 +24,9 @@ type Config struct {
 	Binary string
 	// Accel is "kvm" or "tcg"; default "tcg". Use Probe to choose.
 	Accel string
+	// TCGCodeMiB is TCG's tb-size for specs that do not set one; 0 keeps
+	// QEMU's default.
+	TCGCodeMiB int
 }
 
 // QEMU is the hypervisor.Hypervisor for qemu-system-x86_64.
@@ -53,6 +56,9 @@ func (q *QEMU) Accel() string { return q.cfg.Accel }
 func (q *QEMU) Args(spec hypervisor.Spec) []string {
 	if spec.Accel == "" {
 		spec.Accel = q.cfg.Accel
+	}
+	if spec.TCGCodeMiB == 0 {
+		spec.TCGCodeMiB = q.cfg.TCGCodeMiB
 	}
 	return append([]string{q.cfg.Binary}, buildArgs(spec)...)
 }
