@@ -250,7 +250,10 @@ func (c *Client) AddEntropy(ctx context.Context, b []byte) error {
 
 // Refresh applies what a resumed guest needs in one call: the clock
 // always; a network identity, hostname and entropy when given.
-func (c *Client) Refresh(ctx context.Context, t time.Time, network *proto.NetworkRequest, hostname string, entropy []byte) error {
-	return c.call(ctx, proto.Request{Method: proto.MethodRefresh, TimeUnixNano: t.UnixNano(),
-		Network: network, Hostname: hostname, Entropy: entropy}, nil)
+// It returns how long each part took in the guest.
+func (c *Client) Refresh(ctx context.Context, t time.Time, network *proto.NetworkRequest, hostname string, entropy []byte) (proto.RefreshResult, error) {
+	var res proto.RefreshResult
+	err := c.call(ctx, proto.Request{Method: proto.MethodRefresh, TimeUnixNano: t.UnixNano(),
+		Network: network, Hostname: hostname, Entropy: entropy}, &res)
+	return res, err
 }

@@ -182,7 +182,7 @@ func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata) error {
 	}
 	m.log.Debug("agent answered after resume", "id", meta.ID, "took", time.Since(t0))
 	if !fork {
-		if err := c.Refresh(ctx, time.Now(), nil, "", nil); err != nil {
+		if _, err := c.Refresh(ctx, time.Now(), nil, "", nil); err != nil {
 			return fmt.Errorf("step guest clock: %w", err)
 		}
 		return nil
@@ -203,9 +203,12 @@ func (m *Manager) applyIdentity(ctx context.Context, c *agent.Client, meta *Meta
 	if _, err := rand.Read(seed); err != nil {
 		return err
 	}
-	if err := c.Refresh(ctx, time.Now(), network, meta.Name, seed); err != nil {
+	t0 := time.Now()
+	res, err := c.Refresh(ctx, time.Now(), network, meta.Name, seed)
+	if err != nil {
 		return fmt.Errorf("give the fork its identity: %w", err)
 	}
+	m.log.Debug("fork identity applied", "id", meta.ID, "took", time.Since(t0), "guest_micros", res.Micros)
 	if meta.Network.Enabled && meta.Network.TAP != "" {
 		return m.net.SetTAPUp(ctx, meta.Network.TAP, true)
 	}

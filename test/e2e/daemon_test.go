@@ -215,7 +215,20 @@ func stopAllDaemons() {
 		d.deleteAll()
 		d.kill()
 		killQEMUs(d.dataDir)
+		keepLog(d)
 		_ = os.RemoveAll(d.dataDir)
+	}
+}
+
+// keepLog copies the daemon's log into $HYPEMAN_E2E_KEEP_LOGS, when set,
+// before its data dir goes (for reading debug logs after a run).
+func keepLog(d *daemon) {
+	dir := os.Getenv("HYPEMAN_E2E_KEEP_LOGS")
+	if dir == "" {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, d.name+".log"), []byte(d.log()), 0o644)
 	}
 }
 

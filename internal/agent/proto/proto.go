@@ -270,6 +270,13 @@ type StatRequest struct {
 	FollowLinks bool   `json:"follow_links,omitempty"`
 }
 
+// RefreshResult answers a Refresh: how long each part took in the guest
+// (microseconds, by part: network, hostname, entropy, clock), for the
+// host's logs.
+type RefreshResult struct {
+	Micros map[string]int64 `json:"micros,omitempty"`
+}
+
 // PathInfo answers a Stat.
 type PathInfo struct {
 	Exists     bool   `json:"exists"`

@@ -31,21 +31,28 @@ func (s *Server) setNetwork(_ context.Context, st io.ReadWriter, req *proto.Requ
 }
 
 func configureLink(r *proto.NetworkRequest) error {
-	link, err := findLink(r.OldMAC)
+	return configureLinkTimed(r, func(_ string, f func() error) error { return f() })
+}
+
+// configureLinkTimed is configureLink with each part run through timed
+// (the refresh call reports how long each took).
+func configureLinkTimed(r *proto.NetworkRequest, timed func(part string, f func() error) error) error {
+	var link netlink.Link
+	err := timed("net.find", func() (err error) { link, err = findLink(r.OldMAC); return err })
 	if err != nil {
 		return err
 	}
 	if r.MAC != "" {
-		if link, err = setMAC(link, r.MAC); err != nil {
+		if err := timed("net.mac", func() (err error) { link, err = setMAC(link, r.MAC); return err }); err != nil {
 			return err
 		}
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
+	if err := timed("net.up", func() error { return netlink.LinkSetUp(link) }); err != nil {
 		return fmt.Errorf("link up: %w", err)
 	}
 	var ip net.IP
 	if r.IP != "" {
-		if ip, err = replaceAddress(link, r.IP, r.PrefixLen); err != nil {
+		if err := timed("net.addr", func() (err error) { ip, err = replaceAddress(link, r.IP, r.PrefixLen); return err }); err != nil {
 			return err
 		}
 	}
@@ -55,18 +62,21 @@ func configureLink(r *proto.NetworkRequest) error {
 			return fmt.Errorf("gateway %q is not an IPv4 address", r.Gateway)
 		}
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}
-		if err := netlink.RouteReplace(route); err != nil {
+		if err := timed("net.route", func() error { return netlink.RouteReplace(route) }); err != nil {
 			return fmt.Errorf("default route via %s: %w", gw, err)
 		}
 	}
 	if r.FlushNeighbors {
-		if err := flushNeighbors(); err != nil {
+		if err := timed("net.neigh", flushNeighbors); err != nil {
 			return err
 		}
 	}
 	if ip != nil {
 		// Best effort: tell the segment our new MAC before anyone asks.
-		_ = announce(link.Attrs().Index, link.Attrs().HardwareAddr, ip)
+		_ = timed("net.announce", func() error {
+			_ = announce(link.Attrs().Index, link.Attrs().HardwareAddr, ip)
+			return nil
+		})
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -182,25 +183,32 @@ func benchDownload(w io.Writer, n int64) error {
 // identity, hostname and entropy (forks) and the clock (every resume).
 // One round trip instead of four matters under emulation.
 func (s *Server) refresh(_ context.Context, st io.ReadWriter, req *proto.Request) error {
+	res := proto.RefreshResult{Micros: map[string]int64{}}
+	timed := func(part string, f func() error) error {
+		start := time.Now()
+		err := f()
+		res.Micros[part] = time.Since(start).Microseconds()
+		return err
+	}
 	if req.Network != nil {
-		if err := configureLink(req.Network); err != nil {
+		if err := timed("network", func() error { return configureLinkTimed(req.Network, timed) }); err != nil {
 			return fmt.Errorf("refresh: network: %w", err)
 		}
 	}
 	if req.Hostname != "" {
-		if err := s.applyHostname(req.Hostname); err != nil {
+		if err := timed("hostname", func() error { return s.applyHostname(req.Hostname) }); err != nil {
 			return err
 		}
 	}
 	if len(req.Entropy) > 0 {
-		if err := addEntropy(req.Entropy); err != nil {
+		if err := timed("entropy", func() error { return addEntropy(req.Entropy) }); err != nil {
 			return err
 		}
 	}
 	if req.TimeUnixNano > 0 {
-		if err := s.setClock(req.TimeUnixNano); err != nil {
+		if err := timed("clock", func() error { return s.setClock(req.TimeUnixNano) }); err != nil {
 			return fmt.Errorf("clock_settime: %w", err)
 		}
 	}
-	return sendResult(st, nil)
+	return sendResult(st, res)
 }
