@@ -64,8 +64,11 @@ func WithBulk(d Dialer) Option {
 	return func(c *Client) { c.bulk = &bulkConn{dialer: d} }
 }
 
-// New returns a client that connects on first use.
+// New returns a client that connects on first use. log may be nil.
 func New(d Dialer, log *slog.Logger, opts ...Option) *Client {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	c := &Client{dialer: d, log: log}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	for _, o := range opts {
@@ -142,11 +145,13 @@ func (c *Client) connect(ctx context.Context) (*yamux.Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	sess, err := proto.ClientHandshake(ctx, conn)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
+	c.log.Debug("agent session open", "took", time.Since(t0))
 	return sess, nil
 }
 

@@ -171,23 +171,20 @@ func (m *Manager) refreshGuest(ctx context.Context, meta *Metadata) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c := m.agentFor(meta.ID, meta.VMMGen)
-	t0 := time.Now()
-	defer func() { m.log.Debug("guest refreshed", "id", meta.ID, "took", time.Since(t0)) }()
-	if err := c.Ping(ctx); err != nil {
-		if !fork {
-			m.log.Warn("restored guest's agent does not answer; clock not stepped", "id", meta.ID, "err", err)
-			return nil
-		}
-		return fmt.Errorf("guest agent after resume: %w", err)
+	if fork {
+		return m.applyIdentity(ctx, c, meta, meta.InheritedMAC)
 	}
-	m.log.Debug("agent answered after resume", "id", meta.ID, "took", time.Since(t0))
-	if !fork {
-		if _, err := c.Refresh(ctx, time.Now(), nil, "", nil); err != nil {
-			return fmt.Errorf("step guest clock: %w", err)
-		}
+	// The call itself waits for the agent (its session is being opened
+	// since before the guest resumed): no separate ping, which on a guest
+	// just resumed under emulation costs a cold round trip of its own.
+	t0 := time.Now()
+	res, err := c.Refresh(ctx, time.Now(), nil, "", nil)
+	if err != nil {
+		m.log.Warn("restored guest's agent does not answer; clock not stepped", "id", meta.ID, "err", err)
 		return nil
 	}
-	return m.applyIdentity(ctx, c, meta, meta.InheritedMAC)
+	m.log.Debug("guest clock stepped", "id", meta.ID, "took", time.Since(t0), "guest_micros", res.Micros)
+	return nil
 }
 
 // applyIdentity gives a resumed fork its own identity inside the guest
@@ -209,6 +206,8 @@ func (m *Manager) applyIdentity(ctx context.Context, c *agent.Client, meta *Meta
 		return fmt.Errorf("give the fork its identity: %w", err)
 	}
 	m.log.Debug("fork identity applied", "id", meta.ID, "took", time.Since(t0), "guest_micros", res.Micros)
+	// The agent announces the new address by itself (gratuitous ARP)
+	// shortly after its answer, once this TAP is up.
 	if meta.Network.Enabled && meta.Network.TAP != "" {
 		return m.net.SetTAPUp(ctx, meta.Network.TAP, true)
 	}

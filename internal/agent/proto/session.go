@@ -25,10 +25,26 @@ const (
 	frameLen       = 4 + 1 + nonceLen
 )
 
-// helloInterval is how often the host repeats Hello while waiting for the
-// Ack: a guest that was mid-session when it was snapshotted consumes the
-// first Hello as a broken yamux frame and sees only the next one.
-const helloInterval = 50 * time.Millisecond
+// The host repeats Hello while it waits for the Ack: a guest that was
+// mid-session when it was snapshotted (every restore and fork) consumes
+// the first Hellos as a broken yamux frame and sees only the ones that
+// arrive after its old session ended. The first repeats come quickly, so
+// that a resumed guest waits a few milliseconds for its next Hello, not
+// tens; later ones (a guest still booting) slowly, so that a port nobody
+// reads yet does not fill with them.
+const (
+	helloFastInterval = 5 * time.Millisecond
+	helloFastCount    = 40 // 200 ms of fast repeats
+	helloInterval     = 50 * time.Millisecond
+)
+
+// helloWait is how long the host waits for an Ack after its n-th Hello.
+func helloWait(n int) time.Duration {
+	if n < helloFastCount {
+		return helloFastInterval
+	}
+	return helloInterval
+}
 
 func handshakeFrame(kind byte, nonce []byte) []byte {
 	return append(append(append([]byte{}, magic...), kind), nonce...)
@@ -37,18 +53,31 @@ func handshakeFrame(kind byte, nonce []byte) []byte {
 // scanFrame reads from r until it finds a handshake frame of kind and
 // returns its nonce. Any other bytes are skipped.
 func scanFrame(r *bufio.Reader, kind byte) ([]byte, error) {
-	window := make([]byte, 0, frameLen)
+	var sc frameScanner
+	return sc.scan(r, kind)
+}
+
+// frameScanner finds handshake frames in a byte stream; it keeps what it
+// has seen across read errors, so that a frame split by a read deadline
+// is still found when the rest arrives.
+type frameScanner struct {
+	window []byte
+}
+
+func (sc *frameScanner) scan(r *bufio.Reader, kind byte) ([]byte, error) {
 	for {
 		b, err := r.ReadByte()
 		if err != nil {
 			return nil, err
 		}
-		window = append(window, b)
-		if len(window) > frameLen {
-			window = window[1:]
+		sc.window = append(sc.window, b)
+		if len(sc.window) > frameLen {
+			sc.window = sc.window[1:]
 		}
-		if len(window) == frameLen && bytes.Equal(window[:4], magic) && window[4] == kind {
-			return append([]byte{}, window[5:]...), nil
+		w := sc.window
+		if len(w) == frameLen && bytes.Equal(w[:4], magic) && w[4] == kind {
+			sc.window = nil
+			return append([]byte{}, w[5:]...), nil
 		}
 	}
 }
@@ -77,18 +106,20 @@ func ClientHandshake(ctx context.Context, conn net.Conn) (*yamux.Session, error)
 	}
 	hello := handshakeFrame(kindHello, nonce)
 	r := bufio.NewReader(conn)
+	var acks frameScanner
 	defer conn.SetDeadline(time.Time{})
-	for {
+	for n := 0; ; n++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("agent handshake: %w", err)
 		}
-		_ = conn.SetWriteDeadline(time.Now().Add(helloInterval))
+		wait := helloWait(n)
+		_ = conn.SetWriteDeadline(time.Now().Add(wait))
 		if _, err := conn.Write(hello); err != nil && !isTimeout(err) {
 			return nil, fmt.Errorf("agent handshake: %w", err)
 		}
-		_ = conn.SetReadDeadline(time.Now().Add(helloInterval))
+		_ = conn.SetReadDeadline(time.Now().Add(wait))
 		for {
-			got, err := scanFrame(r, kindAck)
+			got, err := acks.scan(r, kindAck)
 			if err != nil {
 				if isTimeout(err) {
 					break // send Hello again

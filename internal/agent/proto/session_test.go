@@ -173,3 +173,65 @@ func isRemoteNotFound(err error, re **RemoteError) bool {
 	*re = e
 	return ok && e.NotFound
 }
+
+// An Ack that arrives in two pieces, the second after the host's read
+// deadline expired and it sent Hello again, still completes the handshake.
+func TestAckSplitAcrossHelloRepeats(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	host, guest := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		r := bufio.NewReader(guest)
+		nonce, err := scanFrame(r, kindHello)
+		if err != nil {
+			done <- err
+			return
+		}
+		// Keep reading (net.Pipe blocks writers) while acking slowly.
+		go io.Copy(io.Discard, r)
+		ack := handshakeFrame(kindAck, nonce)
+		guest.Write(ack[:9])
+		time.Sleep(4 * helloFastInterval)
+		_, err = guest.Write(ack[9:])
+		done <- err
+	}()
+	start := time.Now()
+	if _, err := ClientHandshake(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("handshake took %v", took)
+	}
+}
+
+// A guest whose old session swallowed the first Hellos (every restored VM)
+// hears the next one within a few milliseconds, not a slow interval.
+func TestHellosRepeatFastFirst(t *testing.T) {
+	if helloWait(0) != helloFastInterval || helloWait(helloFastCount-1) != helloFastInterval {
+		t.Fatalf("first waits %v, %v", helloWait(0), helloWait(helloFastCount-1))
+	}
+	if helloWait(helloFastCount) != helloInterval {
+		t.Fatalf("later wait %v", helloWait(helloFastCount))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	host, guest := net.Pipe()
+	go ClientHandshake(ctx, host)
+	r := bufio.NewReader(guest)
+	// The old session eats the first Hello; time the next one.
+	if _, err := scanFrame(r, kindHello); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := scanFrame(r, kindHello); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took >= helloInterval {
+		t.Fatalf("next Hello after %v, want well under %v", took, helloInterval)
+	}
+	host.Close()
+}

@@ -39,9 +39,13 @@ func Main() {
 		srv:   New(Config{Log: log}),
 		log:   log,
 		retry: openRetry,
-		open:  func() (io.ReadWriteCloser, error) { return openPort(vmconfig.PortAgent) },
+		open:  (&portOpener{name: vmconfig.PortAgent}).open,
 		ready: func() { announceReady(ready) },
 	}
+	// Done now, while the guest is warm: a clone resumed from a snapshot
+	// of this guest finds them ready (see network_linux.go, mixEntropy).
+	a.srv.rememberLink()
+	a.srv.openURandom()
 	if port, err := openPort(vmconfig.PortBench); err == nil {
 		go serveRawBench(port)
 	}
@@ -116,6 +120,31 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // openPort opens a virtio-serial port non-blocking (guestos.OpenPort).
 func openPort(name string) (*os.File, error) { return guestos.OpenPort(name, true) }
+
+// portOpener opens one port again and again: by name the first time, then
+// by the device path found then (a VM's ports keep their devices). Each
+// new session reopens the port, and right after a restore that runs on a
+// cold guest: scanning sysfs again would cost it tens of milliseconds.
+type portOpener struct {
+	name string
+	dev  string
+}
+
+func (p *portOpener) open() (io.ReadWriteCloser, error) {
+	if p.dev != "" {
+		fd, err := unix.Open(p.dev, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+		if err == nil {
+			return os.NewFile(uintptr(fd), p.dev), nil
+		}
+		p.dev = ""
+	}
+	f, err := openPort(p.name)
+	if err != nil {
+		return nil, err
+	}
+	p.dev = f.Name()
+	return f, nil
+}
 
 // readyFile returns fd as a file if it is open and was inherited, nil
 // otherwise. It must run before anything else opens files: a descriptor

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -24,21 +25,39 @@ func (s *Server) setNetwork(_ context.Context, st io.ReadWriter, req *proto.Requ
 	if r == nil {
 		return errMissing(proto.MethodSetNetwork)
 	}
-	if err := configureLink(r); err != nil {
+	if err := s.configureLink(r, untimed); err != nil {
 		return fmt.Errorf("set_network: %w", err)
 	}
 	return sendResult(st, nil)
 }
 
-func configureLink(r *proto.NetworkRequest) error {
-	return configureLinkTimed(r, func(_ string, f func() error) error { return f() })
+// timer runs one part of a call; refresh's reports how long each took.
+type timer func(part string, f func() error) error
+
+func untimed(_ string, f func() error) error { return f() }
+
+// knownLink is the interface the agent configured last: a resumed clone
+// finds it without listing links (under emulation, the first netlink dump
+// in a new VMM process costs tens of milliseconds of cold code).
+type knownLink struct {
+	index int
+	name  string
+	mac   net.HardwareAddr
 }
 
-// configureLinkTimed is configureLink with each part run through timed
-// (the refresh call reports how long each took).
-func configureLinkTimed(r *proto.NetworkRequest, timed func(part string, f func() error) error) error {
+func (s *Server) configureLink(r *proto.NetworkRequest, timed timer) error {
+	err := s.configureLinkOnce(r, timed, true)
+	if errors.Is(err, unix.ENODEV) {
+		// The remembered interface is gone: look it up.
+		s.setKnownLink(nil)
+		err = s.configureLinkOnce(r, timed, false)
+	}
+	return err
+}
+
+func (s *Server) configureLinkOnce(r *proto.NetworkRequest, timed timer, useKnown bool) error {
 	var link netlink.Link
-	err := timed("net.find", func() (err error) { link, err = findLink(r.OldMAC); return err })
+	err := timed("net.find", func() (err error) { link, err = s.findLink(r.OldMAC, useKnown); return err })
 	if err != nil {
 		return err
 	}
@@ -50,6 +69,8 @@ func configureLinkTimed(r *proto.NetworkRequest, timed func(part string, f func(
 	if err := timed("net.up", func() error { return netlink.LinkSetUp(link) }); err != nil {
 		return fmt.Errorf("link up: %w", err)
 	}
+	a := link.Attrs()
+	s.setKnownLink(&knownLink{index: a.Index, name: a.Name, mac: a.HardwareAddr})
 	var ip net.IP
 	if r.IP != "" {
 		if err := timed("net.addr", func() (err error) { ip, err = replaceAddress(link, r.IP, r.PrefixLen); return err }); err != nil {
@@ -61,7 +82,7 @@ func configureLinkTimed(r *proto.NetworkRequest, timed func(part string, f func(
 		if gw == nil {
 			return fmt.Errorf("gateway %q is not an IPv4 address", r.Gateway)
 		}
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}
+		route := &netlink.Route{LinkIndex: a.Index, Gw: gw}
 		if err := timed("net.route", func() error { return netlink.RouteReplace(route) }); err != nil {
 			return fmt.Errorf("default route via %s: %w", gw, err)
 		}
@@ -73,12 +94,39 @@ func configureLinkTimed(r *proto.NetworkRequest, timed func(part string, f func(
 	}
 	if ip != nil {
 		// Best effort: tell the segment our new MAC before anyone asks.
-		_ = timed("net.announce", func() error {
-			_ = announce(link.Attrs().Index, link.Attrs().HardwareAddr, ip)
-			return nil
-		})
+		_ = timed("net.announce", func() error { return announceLater(a.Index, a.HardwareAddr, ip) })
 	}
 	return nil
+}
+
+func (s *Server) setKnownLink(l *knownLink) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.known = l
+}
+
+// findLink returns the interface with MAC mac (the remembered one, when
+// useKnown and its MAC is mac), or with mac empty the first Ethernet
+// interface that is not loopback.
+func (s *Server) findLink(mac string, useKnown bool) (netlink.Link, error) {
+	if useKnown && mac != "" {
+		s.mu.Lock()
+		k := s.known
+		s.mu.Unlock()
+		if want, err := net.ParseMAC(mac); err == nil && k != nil && bytes.Equal(k.mac, want) {
+			return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: k.index, Name: k.name, HardwareAddr: k.mac}}, nil
+		}
+	}
+	return findLink(mac)
+}
+
+// rememberLink looks up the guest's interface ahead of a snapshot (at the
+// agent's start), so that a clone's first set_network needs no lookup.
+func (s *Server) rememberLink() {
+	if l, err := findLink(""); err == nil {
+		a := l.Attrs()
+		s.setKnownLink(&knownLink{index: a.Index, name: a.Name, mac: a.HardwareAddr})
+	}
 }
 
 // findLink returns the interface with MAC mac, or with mac empty the first
@@ -128,7 +176,9 @@ func setMAC(link netlink.Link, mac string) (netlink.Link, error) {
 			return nil, fmt.Errorf("set MAC %s: %w", hw, err)
 		}
 	}
-	return netlink.LinkByIndex(link.Attrs().Index)
+	a := *link.Attrs()
+	a.HardwareAddr = hw
+	return &netlink.Device{LinkAttrs: a}, nil
 }
 
 // replaceAddress makes ip/prefix the link's only IPv4 address.
@@ -176,14 +226,33 @@ func flushNeighbors() error {
 	return nil
 }
 
-// announce broadcasts a gratuitous ARP request (sender and target both ip)
-// so that peers and bridges learn that ip now lives at mac.
-func announce(ifindex int, mac net.HardwareAddr, ip net.IP) error {
+// announceTimes are when announceLater sends its gratuitous ARPs, after
+// the call: a fork's TAP comes up only once the host has the answer, and
+// frames sent before are lost.
+var announceTimes = []time.Duration{20 * time.Millisecond, 200 * time.Millisecond, time.Second}
+
+// announceLater broadcasts gratuitous ARP requests (sender and target both
+// ip) at announceTimes, so that peers and bridges learn that ip now lives
+// at mac. The socket is made now, in the caller's network namespace.
+func announceLater(ifindex int, mac net.HardwareAddr, ip net.IP) error {
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
+	frame, sa := garp(ifindex, mac, ip)
+	go func() {
+		defer unix.Close(fd)
+		start := time.Now()
+		for _, at := range announceTimes {
+			time.Sleep(time.Until(start.Add(at)))
+			_ = unix.Sendto(fd, frame, 0, sa)
+		}
+	}()
+	return nil
+}
+
+// garp builds a gratuitous ARP request for ip at mac and its destination.
+func garp(ifindex int, mac net.HardwareAddr, ip net.IP) ([]byte, *unix.SockaddrLinklayer) {
 	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	frame := make([]byte, 0, 42)
 	frame = append(append(frame, bcast...), mac...)
@@ -196,7 +265,7 @@ func announce(ifindex int, mac net.HardwareAddr, ip net.IP) error {
 	frame = append(append(frame, make([]byte, 6)...), ip...)    // target
 	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifindex, Halen: 6}
 	copy(sa.Addr[:], bcast)
-	return unix.Sendto(fd, frame, 0, sa)
+	return frame, sa
 }
 
 // htons converts to network byte order, as AF_PACKET wants its protocol.

@@ -50,6 +50,9 @@ type Server struct {
 	mu  sync.Mutex
 	env []string // guarded by mu: set_hostname updates HOSTNAME
 
+	known   *knownLink // guarded by mu: the interface configured last
+	urandom int        // guarded by mu: /dev/urandom's fd plus one; 0: none
+
 	// bulk is the bulk channel, nil when the VM has none.
 	bulk *bulkPort
 

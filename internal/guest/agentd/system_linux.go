@@ -95,44 +95,55 @@ func (s *Server) addEntropy(_ context.Context, st io.ReadWriter, req *proto.Requ
 	if len(req.Entropy) == 0 {
 		return errors.New("add_entropy: no bytes")
 	}
-	if err := addEntropy(req.Entropy); err != nil {
+	if err := s.mixEntropy(req.Entropy); err != nil {
 		return err
 	}
 	return sendResult(st, nil)
 }
 
-// addEntropy uses RNDADDENTROPY, which mixes the bytes in and credits them
+// mixEntropy uses RNDADDENTROPY, which mixes the bytes in and credits them
 // (struct rand_pool_info: int entropy_count in bits, int buf_size, then
 // the bytes). Without CAP_SYS_ADMIN it falls back to a plain write, which
-// mixes the bytes without crediting them.
-func addEntropy(b []byte) error {
-	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
-	if err != nil {
-		return err
+// mixes the bytes without crediting them. It uses the agent's open
+// /dev/urandom when there is one (a clone's first call is then one ioctl).
+func (s *Server) mixEntropy(b []byte) error {
+	fd := s.urandomFD()
+	if fd < 0 {
+		var err error
+		if fd, err = unix.Open("/dev/urandom", unix.O_WRONLY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("add entropy: %w", err)
+		}
+		defer unix.Close(fd)
 	}
-	defer f.Close()
 	info := make([]byte, 8+len(b))
 	binary.NativeEndian.PutUint32(info[0:], uint32(len(b)*8))
 	binary.NativeEndian.PutUint32(info[4:], uint32(len(b)))
 	copy(info[8:], b)
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var errno unix.Errno
-	err = rc.Control(func(fd uintptr) {
-		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0])))
-	})
-	if err != nil {
-		return err
-	}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0])))
 	if errno == 0 {
 		return nil
 	}
-	if _, err := f.Write(b); err != nil {
+	if _, err := unix.Write(fd, b); err != nil {
 		return fmt.Errorf("add entropy: %w (ioctl: %v)", err, errno)
 	}
 	return nil
+}
+
+// openURandom keeps /dev/urandom open for mixEntropy.
+func (s *Server) openURandom() {
+	fd, err := unix.Open("/dev/urandom", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.urandom = fd + 1
+}
+
+func (s *Server) urandomFD() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.urandom - 1
 }
 
 func (s *Server) bench(_ context.Context, st io.ReadWriter, req *proto.Request) error {
@@ -191,7 +202,7 @@ func (s *Server) refresh(_ context.Context, st io.ReadWriter, req *proto.Request
 		return err
 	}
 	if req.Network != nil {
-		if err := timed("network", func() error { return configureLinkTimed(req.Network, timed) }); err != nil {
+		if err := timed("network", func() error { return s.configureLink(req.Network, timed) }); err != nil {
 			return fmt.Errorf("refresh: network: %w", err)
 		}
 	}
@@ -201,7 +212,7 @@ func (s *Server) refresh(_ context.Context, st io.ReadWriter, req *proto.Request
 		}
 	}
 	if len(req.Entropy) > 0 {
-		if err := timed("entropy", func() error { return addEntropy(req.Entropy) }); err != nil {
+		if err := timed("entropy", func() error { return s.mixEntropy(req.Entropy) }); err != nil {
 			return err
 		}
 	}

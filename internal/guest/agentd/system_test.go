@@ -382,3 +382,65 @@ func TestSetNetworkFirstInterface(t *testing.T) {
 		return nil
 	})
 }
+
+// A clone of a clone: the second set_network finds the interface by the
+// MAC the first one gave it, without a lookup; a remembered interface that
+// is gone is looked up again.
+func TestSetNetworkAgainAndStaleKnownLink(t *testing.T) {
+	s := newTestServer(t)
+	macs := []string{"02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"}
+	inNamespaces(t, unix.CLONE_NEWNET, func() error {
+		first, _ := net.ParseMAC(macs[0])
+		if _, err := makeVeth(first); err != nil {
+			return err
+		}
+		s.rememberLink() // may pick peer0: then the first call looks eth0 up
+		for i, ip := range []string{"10.77.1.9", "10.77.1.10"} {
+			req := proto.NetworkRequest{OldMAC: macs[i], MAC: macs[i+1], IP: ip, PrefixLen: 24, Gateway: "10.77.1.1"}
+			if err := callHere(s, proto.Request{Method: proto.MethodSetNetwork, Network: &req}); err != nil {
+				return err
+			}
+		}
+		// Forget the real index: the call must still find eth0 by MAC.
+		s.setKnownLink(&knownLink{index: 999, name: "gone0", mac: s.known.mac})
+		req := proto.NetworkRequest{OldMAC: macs[2], IP: "10.77.1.11", PrefixLen: 24}
+		if err := callHere(s, proto.Request{Method: proto.MethodSetNetwork, Network: &req}); err != nil {
+			return err
+		}
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(eth0, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		if eth0.Attrs().HardwareAddr.String() != macs[2] || len(addrs) != 1 || addrs[0].IPNet.String() != "10.77.1.11/24" {
+			t.Errorf("eth0 MAC %s addresses %v", eth0.Attrs().HardwareAddr, addrs)
+		}
+		if s.known.index != eth0.Attrs().Index {
+			t.Errorf("known link %+v, eth0 is %d", s.known, eth0.Attrs().Index)
+		}
+		return nil
+	})
+}
+
+// rememberLink, at the agent's start, finds the guest's one interface.
+func TestRememberLink(t *testing.T) {
+	s := newTestServer(t)
+	inNamespaces(t, unix.CLONE_NEWNET, func() error {
+		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "tap0"}, Mode: netlink.TUNTAP_MODE_TAP}
+		if err := netlink.LinkAdd(tap); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("tap0")
+		if err != nil {
+			return err
+		}
+		s.rememberLink()
+		if s.known == nil || s.known.index != l.Attrs().Index || s.known.mac.String() != l.Attrs().HardwareAddr.String() {
+			t.Errorf("remembered %+v, tap0 is %d %s", s.known, l.Attrs().Index, l.Attrs().HardwareAddr)
+		}
+		return nil
+	})
+}
