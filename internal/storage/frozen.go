@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 
 	"github.com/hypeman-vm/hypeman/internal/atomicfile"
@@ -47,12 +46,13 @@ func Freeze(src, dst string) error {
 
 // CreateOverlayOn creates path as an empty qcow2 overlay whose backing file
 // is the frozen layer backing (a qcow2 file).
-func (s *Store) CreateOverlayOn(ctx context.Context, path, backing string) error {
-	cmd := exec.CommandContext(ctx, s.qemuImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, path)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("storage: qemu-img create %s on %s: %w: %s", path, backing, err, out)
+// Its size is the layer's.
+func (s *Store) CreateOverlayOn(_ context.Context, path, backing string) error {
+	size, err := qcow2Size(backing)
+	if err != nil {
+		return err
 	}
-	return nil
+	return writeQCOW2Overlay(path, backing, "qcow2", size)
 }
 
 // RemoveUnreferenced deletes the files of dir whose names are not in keep

@@ -4,7 +4,8 @@
 // The overlay disk is a qcow2 file whose backing file is an empty ext4 file
 // system of the requested size (an "overlay template", made once per size
 // and never written again). Creating an overlay therefore writes only a
-// qcow2 header, whatever the size, and a fork can later share a frozen
+// qcow2 header (qcow2.go, no qemu-img process), whatever the size, and a
+// fork can later share a frozen
 // overlay as the backing file of two new ones instead of copying it.
 package storage
 
@@ -26,7 +27,6 @@ import (
 // Store creates disk images.
 type Store struct {
 	templateDir string
-	qemuImg     string
 	mkfs        string
 
 	mu sync.Mutex // serializes template creation within this process
@@ -34,7 +34,7 @@ type Store struct {
 
 // New returns a Store that keeps overlay templates in templateDir.
 func New(templateDir string) *Store {
-	return &Store{templateDir: templateDir, qemuImg: "qemu-img", mkfs: "mkfs.ext4"}
+	return &Store{templateDir: templateDir, mkfs: "mkfs.ext4"}
 }
 
 // CreateOverlay creates path as a qcow2 overlay holding an empty ext4 file
@@ -48,12 +48,14 @@ func (s *Store) CreateOverlay(ctx context.Context, path string, sizeBytes int64)
 	return s.createQCOW2(ctx, path, tmpl)
 }
 
-func (s *Store) createQCOW2(ctx context.Context, path, backing string) error {
-	cmd := exec.CommandContext(ctx, s.qemuImg, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", backing, path)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("storage: qemu-img create %s: %w: %s", path, err, out)
+// createQCOW2 writes path as an empty qcow2 overlay of the raw template
+// backing (qcow2.go), of the template's size.
+func (s *Store) createQCOW2(_ context.Context, path, backing string) error {
+	fi, err := os.Stat(backing)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
 	}
-	return nil
+	return writeQCOW2Overlay(path, backing, "raw", uint64(fi.Size()))
 }
 
 // template returns the path of the empty ext4 template of sizeBytes,
