@@ -142,7 +142,7 @@ func forkBenchPlan() forkPlan {
 			}
 		}
 	}
-	return forkPlan{name: "full", configs: cs, perConfig: 3, concurrent: 25, concRAM: 2 * gib,
+	return forkPlan{name: "full", configs: cs, perConfig: 7, concurrent: 25, concRAM: 2 * gib,
 		idle: 100, idleBatch: 10, idleRAM: gib, diskWrite: 512 * mib, idleBudget: 10}
 }
 
@@ -329,6 +329,13 @@ type forkSample struct {
 func (f forkSample) resume() time.Duration   { return f.op.step("restore/restore-vm") }
 func (f forkSample) overhead() time.Duration { return f.op.api - f.resume() }
 
+// answer is how long the resumed guest took to answer the agent's Hello:
+// under emulation, mostly the new VMM translating the guest's code again.
+// overheadAnswered is the API time beyond the resume and that answer (the
+// two overlap by QEMU's `cont`, a millisecond or two).
+func (f forkSample) answer() time.Duration           { return f.op.step("agent/answer") }
+func (f forkSample) overheadAnswered() time.Duration { return f.overhead() - f.answer() }
+
 // runFork is one fork from Running.
 type runFork struct {
 	op    opSample
@@ -434,6 +441,11 @@ type stepLine struct {
 
 var stepRe = regexp.MustCompile(`^time=(\S+) .*msg=step .*op=(\S+) step=(\S+) took=(\S+)`)
 
+// answerRe matches the agent client's line for a new session: from its
+// first Hello (sent before the guest resumes) to the guest's Ack. Taken as
+// step "agent/answer".
+var answerRe = regexp.MustCompile(`^time=(\S+) .*msg="agent session open" .*took=(\S+)`)
+
 func logSize(d *daemon) int64 {
 	fi, err := os.Stat(d.logPath)
 	if err != nil {
@@ -457,6 +469,9 @@ func stepsSince(d *daemon, off int64) []stepLine {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		m := stepRe.FindStringSubmatch(sc.Text())
+		if a := answerRe.FindStringSubmatch(sc.Text()); m == nil && a != nil {
+			m = []string{a[0], a[1], "agent", "answer", a[2]}
+		}
 		if m == nil {
 			continue
 		}
@@ -932,27 +947,29 @@ func reportFork(b *testing.B, plan forkPlan, res forkResults) {
 
 func reportConfigs(w *strings.Builder, res forkResults) {
 	fmt.Fprintf(w, "\nPer configuration (RAM/working set/overlay; load = 1-min load average at start):\n")
-	fmt.Fprintf(w, "%-14s %5s %8s %8s %8s %8s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s %8s %8s %4s\n",
+	fmt.Fprintf(w, "%-14s %5s %8s %8s %8s %8s %8s | %8s %8s %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s %8s %8s %4s\n",
 		"config", "load", "fill-dsk", "fill-ws", "standby", "sb-save", "restore",
-		"fork-api", "resume", "overhd", "fork-ex", "frz-src",
+		"fork-api", "resume", "overhd", "answer", "ovh-ans", "fork-ex", "frz-src",
 		"runfk", "pause", "pause#2", "runfk#2", "restore2", "fk-after", "sb-after", "lyrs")
 	for i, r := range res.configs {
-		var fapi, fres, fover, fexec, ffrz []time.Duration
+		var fapi, fres, fover, fans, fovans, fexec, ffrz []time.Duration
 		for _, f := range r.forks {
 			fapi, fres, fover = append(fapi, f.op.api), append(fres, f.resume()), append(fover, f.overhead())
+			fans, fovans = append(fans, f.answer()), append(fovans, f.overheadAnswered())
 			fexec, ffrz = append(fexec, f.exec), append(ffrz, f.op.step("fork/freeze-source"))
 		}
 		var sbSave []time.Duration
 		for _, s := range r.standby {
 			sbSave = append(sbSave, s.step("standby/save-state"))
 		}
-		fmt.Fprintf(w, "%-14s %5.1f %8s %8s %8s %8s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s %8s %8s %4d\n",
+		fmt.Fprintf(w, "%-14s %5.1f %8s %8s %8s %8s %8s | %8s %8s %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s %8s %8s %4d\n",
 			r.cfg, res.load[i], ms(r.fillDisk), ms(r.fillWS), ms(median(apiTimes(r.standby))), ms(median(sbSave)), ms(r.restore.api),
-			ms(median(fapi)), ms(median(fres)), ms(median(fover)), ms(median(fexec)), ms(median(ffrz)),
+			ms(median(fapi)), ms(median(fres)), ms(median(fover)), ms(median(fans)), ms(median(fovans)), ms(median(fexec)), ms(median(ffrz)),
 			ms(r.runFork.op.api), ms(r.runFork.pause), ms(r.runFork2.pause), ms(r.runFork2.op.api),
 			ms(r.restore2.api), ms(r.runForkAfter.pause), ms(r.standbyAfter.api), r.layers)
 	}
-	fmt.Fprintf(w, "fork-api/resume/overhd/fork-ex/frz-src: p50 of the forks from Standby (resume = restore-vm step, overhd = api - resume,\n")
+	fmt.Fprintf(w, "fork-api/resume/overhd/answer/ovh-ans/fork-ex/frz-src: p50 of the forks from Standby (resume = restore-vm step, overhd = api - resume,\n")
+	fmt.Fprintf(w, "  answer = first Hello to the resumed guest's Ack, ovh-ans = overhd - answer,\n")
 	fmt.Fprintf(w, "  fork-ex = exec `true` after it, frz-src = freeze-source step). runfk/pause: first from_running fork of a fresh source\n")
 	fmt.Fprintf(w, "  (API, source pause from the fork's log); pause#2/runfk#2: a second one. restore2: restore after the forks;\n")
 	fmt.Fprintf(w, "  fk-after: pause of a from_running fork after those; sb-after: standby after that; lyrs: the source's layer chain.\n")
@@ -1122,14 +1139,15 @@ func reportTargets(w *strings.Builder, b *testing.B, plan forkPlan, res forkResu
 	// Fork from Standby: overhead above resume <= 150 ms, API p50 within
 	// +-20% across sizes.
 	var p50s []time.Duration
-	maxOver := time.Duration(0)
+	maxOver, maxOverAns := time.Duration(0), time.Duration(0)
 	for _, r := range res.configs {
-		var api, over []time.Duration
+		var api, over, overAns []time.Duration
 		for _, f := range r.forks {
-			api, over = append(api, f.op.api), append(over, f.overhead())
+			api, over, overAns = append(api, f.op.api), append(over, f.overhead()), append(overAns, f.overheadAnswered())
 		}
 		p50s = append(p50s, median(api))
 		maxOver = max(maxOver, median(over))
+		maxOverAns = max(maxOverAns, median(overAns))
 		b.ReportMetric(msf(median(api)), "fork-api-p50-ms:"+r.cfg.String())
 	}
 	mid := median(p50s)
@@ -1138,6 +1156,8 @@ func reportTargets(w *strings.Builder, b *testing.B, plan forkPlan, res forkResu
 		spread = math.Max(spread, math.Abs(float64(p)/float64(mid)-1))
 	}
 	fmt.Fprintf(w, "  fork Standby->Running: worst config p50 of (API - resume) %s ms <= 150: %s\n", ms(maxOver), passMiss(maxOver <= 150*time.Millisecond))
+	fmt.Fprintf(w, "    (counting the resumed guest's first answer as part of its resume: worst p50 %s ms <= 150: %s)\n", ms(maxOverAns), passMiss(maxOverAns <= 150*time.Millisecond))
+	b.ReportMetric(msf(maxOverAns), "fork-overhead-answered-worst-p50-ms")
 	fmt.Fprintf(w, "  fork Standby->Running: config API p50s within %.0f%% of their median %s ms (<= 20%%): %s\n", spread*100, ms(mid), passMiss(spread <= 0.2))
 	b.ReportMetric(msf(maxOver), "fork-overhead-worst-p50-ms")
 	// from_running pause per RAM size.

@@ -120,11 +120,18 @@ func (s *Server) mixEntropy(b []byte) error {
 	binary.NativeEndian.PutUint32(info[4:], uint32(len(b)))
 	copy(info[8:], b)
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0])))
-	if errno == 0 {
-		return nil
+	if errno != 0 {
+		if _, err := unix.Write(fd, b); err != nil {
+			return fmt.Errorf("add entropy: %w (ioctl: %v)", err, errno)
+		}
 	}
-	if _, err := unix.Write(fd, b); err != nil {
-		return fmt.Errorf("add entropy: %w (ioctl: %v)", err, errno)
+	// Mixing alone changes only the input pool: the generator behind
+	// /dev/urandom and getrandom keeps the key the snapshot holds until
+	// its next reseed (up to a minute later on a guest up for more than
+	// two), so clones of one snapshot would read the same stream until
+	// then. Reseed it now from the pool that holds the host's bytes.
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.RNDRESEEDCRNG, 0); errno != 0 {
+		return fmt.Errorf("reseed the random generator: %w", errno)
 	}
 	return nil
 }
