@@ -54,9 +54,12 @@ func TestHandshakeSkipsStaleBytes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	host, guest := net.Pipe()
-	echoServer(t, ctx, guest)
-	// Bytes left over from an earlier connection reach the host first.
-	go guest.Write([]byte("stale yamux bytes HMA1a0123456789abcdef"))
+	// Bytes left over from an earlier connection reach the host first
+	// (the guest answers only after them: a pipe write waits for the read).
+	go func() {
+		guest.Write([]byte("stale yamux bytes HMA1a0123456789abcdef"))
+		echoServer(t, ctx, guest)
+	}()
 	sess, err := ClientHandshake(ctx, host)
 	if err != nil {
 		t.Fatal(err)
