@@ -301,13 +301,18 @@ func checkGratuitousARP(t *testing.T, fd int, mac net.HardwareAddr) error {
 }
 
 func TestReadyEvent(t *testing.T) {
-	r, w, err := os.Pipe()
-	if err != nil {
+	// Raw descriptors: readyFile takes the write end over and closes it,
+	// and an *os.File still holding it would close its number again when
+	// collected, whatever it then belongs to.
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		t.Fatal(err)
 	}
+	r := os.NewFile(uintptr(p[0]), "pipe")
 	defer r.Close()
-	f := readyFile(int(w.Fd()))
+	f := readyFile(p[1])
 	if f == nil {
+		unix.Close(p[1])
 		t.Fatal("an open pipe was not taken as the events port")
 	}
 	announceReady(f)
@@ -318,7 +323,8 @@ func TestReadyEvent(t *testing.T) {
 	if err := json.NewDecoder(r).Decode(&e); err != nil || e.Type != "agent_ready" || e.Time.IsZero() {
 		t.Fatalf("event %+v %v", e, err)
 	}
-	if readyFile(int(w.Fd())) != nil {
+	const closed = 999_999 // above any descriptor this process has
+	if readyFile(closed) != nil {
 		t.Fatal("a closed descriptor was taken as the events port")
 	}
 }
