@@ -110,16 +110,19 @@ func (m *Manager) memoryManifest(meta *Metadata) manifest {
 // its TAP; the address stays reserved for the restore.
 func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *runningVM) error {
 	var errs []error
+	t0 := time.Now()
 	if rv != nil {
 		if err := rv.vm.Kill(); err == nil {
 			_ = rv.vm.Wait(ctx)
 		}
 	}
+	t1 := time.Now()
 	if tap := meta.Network.TAP; tap != "" {
 		if err := m.net.DetachTAP(ctx, tap); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	t2 := time.Now()
 	for _, p := range []string{m.paths.InstancePIDFile(meta.ID, meta.VMMGen), m.paths.InstanceQMPSocket(meta.ID, meta.VMMGen),
 		m.paths.InstanceAgentSocket(meta.ID, meta.VMMGen), m.paths.InstanceBulkSocket(meta.ID, meta.VMMGen)} {
 		_ = os.Remove(p)
@@ -129,12 +132,15 @@ func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *running
 	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
 		errs = append(errs, err)
 	}
+	t3 := time.Now()
 	m.dropAgent(meta.ID)
 	if rv != nil {
 		m.forgetVM(meta.ID, rv)
 	} else {
 		m.notify()
 	}
+	m.log.Debug("standby finished", "id", meta.ID, "end-vmm", t1.Sub(t0), "detach-tap", t2.Sub(t1),
+		"save-metadata", t3.Sub(t2), "forget", time.Since(t3))
 	if len(errs) > 0 {
 		m.log.Warn("standby finished with errors", "id", meta.ID, "errs", errs)
 	}

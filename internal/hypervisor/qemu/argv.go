@@ -98,7 +98,18 @@ func accelOpt(spec hypervisor.Spec) option {
 	return o
 }
 
+// linuxBootROM is the option ROM that -kernel adds on q35 (fw_cfg DMA).
+const linuxBootROM = "linuxboot_dma.bin"
+
+// bootOpts loads the kernel and initramfs for a boot. A VMM that will load
+// a saved state needs neither: the guest is in the state's RAM, and QEMU
+// would otherwise keep a private copy of the whole kernel (14 MB) for the
+// life of every restored VM and fork. It gets only the option ROM that
+// -kernel brings, whose RAM block the state holds.
 func bootOpts(spec hypervisor.Spec) []option {
+	if spec.Incoming {
+		return []option{{flag: "-option-rom", value: linuxBootROM}}
+	}
 	return []option{
 		{flag: "-kernel", value: spec.Kernel},
 		{flag: "-initrd", value: spec.Initrd},

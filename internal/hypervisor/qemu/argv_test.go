@@ -109,6 +109,12 @@ func TestBuildArgsVariants(t *testing.T) {
 			hasNot: []string{"-object"},
 		},
 		{
+			name:   "a VMM for a saved state loads no kernel, only the ROM -kernel brings",
+			edit:   func(s *hypervisor.Spec) { s.Incoming = true },
+			has:    [][]string{{"-option-rom", "linuxboot_dma.bin"}, {"-S", "-incoming", "defer"}},
+			hasNot: []string{"-kernel", "-initrd", "-append"},
+		},
+		{
 			name:   "no ports: no virtio-serial controller",
 			edit:   func(s *hypervisor.Spec) { s.Ports = nil },
 			hasNot: []string{"virtio-serial-pci"},
