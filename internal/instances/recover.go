@@ -118,7 +118,7 @@ func (m *Manager) settlePending(ctx context.Context, meta *Metadata, vm hypervis
 	switch op {
 	case "standby":
 		if hasManifest(m.paths.InstanceStandbyDir(meta.ID)) {
-			m.finishStandby(ctx, meta, runningOf(vm))
+			m.finishStandby(ctx, meta, runningOf(vm), true)
 			return nil, nil
 		}
 		_ = os.RemoveAll(m.paths.InstanceStandbyDir(meta.ID))

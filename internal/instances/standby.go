@@ -23,16 +23,33 @@ func (m *Manager) Standby(ctx context.Context, ref string) (Instance, error) {
 	if err != nil {
 		return Instance{}, err
 	}
-	defer unlock()
 	if err := checkTransition(opStandby, inst.State); err != nil {
+		unlock()
 		return Instance{}, err
 	}
-	err = m.standby(ctx, meta)
+	detach, err := m.standbyDetachLater(ctx, meta)
 	m.opLog(meta.ID, "standby", start, err, "")
 	if err != nil {
+		unlock()
 		return Instance{}, err
 	}
-	return m.view(meta), nil
+	view := m.view(meta)
+	m.afterAnswer(meta.ID, func() { defer unlock(); detach() })
+	return view, nil
+}
+
+// afterAnswer runs f in the background, as part of the operation that
+// just answered: f must hold on to the instance's lock (so that the next
+// operation on the instance waits for it), and the manager's Close waits
+// for it.
+func (m *Manager) afterAnswer(id string, f func()) {
+	m.watchers.Add(1)
+	go func() {
+		defer m.watchers.Done()
+		start := time.Now()
+		f()
+		m.log.Debug("finished after the answer", "id", id, "took", time.Since(start))
+	}()
 }
 
 // currentVM returns the VM the manager watches for id.
@@ -44,20 +61,31 @@ func (m *Manager) currentVM(id string) *runningVM {
 
 // standby is Standby with the instance lock held.
 func (m *Manager) standby(ctx context.Context, meta *Metadata) error {
+	detach, err := m.standbyDetachLater(ctx, meta)
+	detach()
+	return err
+}
+
+// standbyDetachLater is standby but for deleting the TAP, which it
+// returns (always non-nil): deleting a network device waits for the
+// kernel's RCU grace periods (10-20 ms here), and nothing but the next
+// restore needs it gone. The caller runs it under the instance lock.
+func (m *Manager) standbyDetachLater(ctx context.Context, meta *Metadata) (detach func(), err error) {
+	detach = func() {}
 	rv := m.currentVM(meta.ID)
 	if rv == nil {
-		return fmt.Errorf("standby: no VM for %s", meta.ID)
+		return detach, fmt.Errorf("standby: no VM for %s", meta.ID)
 	}
 	snap, ok := rv.vm.(hypervisor.Snapshotter)
 	if !ok {
-		return errdefs.Newf(errdefs.ErrNotImplemented, "not_supported", "hypervisor %s cannot take snapshots", meta.Hypervisor)
+		return detach, errdefs.Newf(errdefs.ErrNotImplemented, "not_supported", "hypervisor %s cannot take snapshots", meta.Hypervisor)
 	}
 	dir := m.paths.InstanceStandbyDir(meta.ID)
 	meta.Pending = "standby"
 	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
-		return err
+		return detach, err
 	}
-	err := m.runSteps(ctx, "standby", []step{
+	err = m.runSteps(ctx, "standby", []step{
 		{name: "pause", do: snap.Pause, undo: func(ctx context.Context) { _ = snap.Resume(ctx) }},
 		{name: "save-state", do: func(ctx context.Context) error { return m.saveState(ctx, snap, dir) },
 			undo: func(context.Context) { _ = os.RemoveAll(dir) }},
@@ -66,14 +94,22 @@ func (m *Manager) standby(ctx context.Context, meta *Metadata) error {
 	if err != nil {
 		meta.Pending = ""
 		_ = saveMetadata(m.paths.InstanceMetadata(meta.ID), meta)
-		return err
+		return detach, err
 	}
 	// The snapshot is complete: from here on, finish whatever happens.
-	err = m.finishStandby(ctx, meta, rv)
+	tap := meta.Network.TAP
+	m.finishStandby(ctx, meta, rv, false)
 	if meta.MemoryBase == "" {
 		go m.writeBackMemory(meta.ID)
 	}
-	return err
+	if tap == "" {
+		return detach, nil
+	}
+	return func() {
+		if err := m.net.DetachTAP(context.WithoutCancel(ctx), tap); err != nil {
+			m.log.Warn("delete TAP after standby", "id", meta.ID, "tap", tap, "err", err)
+		}
+	}, nil
 }
 
 // writeBackMemory writes a standby instance's RAM file to disk in the
@@ -106,9 +142,9 @@ func (m *Manager) memoryManifest(meta *Metadata) manifest {
 	return manifest{Memory: m.paths.InstanceMemory(meta.ID), MemoryShared: true, MemoryBytes: meta.MemoryBytes}
 }
 
-// finishStandby ends the paused VM whose snapshot is complete and detaches
-// its TAP; the address stays reserved for the restore.
-func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *runningVM) error {
+// finishStandby ends the paused VM whose snapshot is complete and, with
+// detachTAP, deletes its TAP; the address stays reserved for the restore.
+func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *runningVM, detachTAP bool) {
 	var errs []error
 	t0 := time.Now()
 	if rv != nil {
@@ -117,7 +153,7 @@ func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *running
 		}
 	}
 	t1 := time.Now()
-	if tap := meta.Network.TAP; tap != "" {
+	if tap := meta.Network.TAP; tap != "" && detachTAP {
 		if err := m.net.DetachTAP(ctx, tap); err != nil {
 			errs = append(errs, err)
 		}
@@ -144,5 +180,4 @@ func (m *Manager) finishStandby(ctx context.Context, meta *Metadata, rv *running
 	if len(errs) > 0 {
 		m.log.Warn("standby finished with errors", "id", meta.ID, "errs", errs)
 	}
-	return nil
 }

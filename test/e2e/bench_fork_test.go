@@ -33,7 +33,8 @@ import (
 //
 //	cd test/e2e && go test -run '^$' -bench BenchmarkFork -benchtime 1x -count 1 -timeout 60m .
 //
-// HYPEMAN_FORKBENCH=smoke runs a small variant (one size, few forks);
+// HYPEMAN_FORKBENCH=smoke runs a small variant (one size, few forks; with
+// HYPEMAN_FORKBENCH_BIG=1 the 8 GiB guest with 1 GiB written);
 // HYPEMAN_FORKBENCH=idle only the idle forks (and 2 concurrent ones). The
 // daemon's data dir is on XFS with reflinks (freezing by cloning) unless
 // HYPEMAN_E2E_FREEZE=move (see xfs_test.go).
@@ -120,7 +121,11 @@ func forkBenchPlan() forkPlan {
 		return forkPlan{name: "idle", concurrent: 2, concRAM: gib, idle: 100, idleBatch: 10, idleRAM: gib, idleBudget: 10}
 	}
 	if os.Getenv("HYPEMAN_FORKBENCH") == "smoke" {
-		return forkPlan{name: "smoke", configs: []forkCfg{{512 * mib, 256 * mib, gib}},
+		cfg := forkCfg{512 * mib, 256 * mib, gib}
+		if os.Getenv("HYPEMAN_FORKBENCH_BIG") != "" {
+			cfg = forkCfg{8 * gib, gib, 20 * gib} // the largest of the default plan
+		}
+		return forkPlan{name: "smoke", configs: []forkCfg{cfg},
 			perConfig: 2, concurrent: 3, concRAM: 2 * gib, idle: 4, idleBatch: 2, idleRAM: gib,
 			diskWrite: 64 * mib, idleBudget: 5}
 	}

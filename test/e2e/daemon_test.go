@@ -228,7 +228,9 @@ func keepLog(d *daemon) {
 		return
 	}
 	if err := os.MkdirAll(dir, 0o755); err == nil {
-		_ = os.WriteFile(filepath.Join(dir, d.name+".log"), []byte(d.log()), 0o644)
+		if b, err := os.ReadFile(d.logPath); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, d.name+".log"), b, 0o644)
+		}
 	}
 }
 

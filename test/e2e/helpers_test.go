@@ -215,3 +215,15 @@ func qemuRunning(id string) bool {
 	}
 	return false
 }
+
+// eventually polls cond every 10 ms until it holds or d has passed.
+func eventually(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
+}
