@@ -65,48 +65,96 @@ type agent struct {
 }
 
 // loop opens the port, waits for the host's Hello, serves the session until
-// it ends, closes the port and starts over, until ctx ends.
+// it ends, and starts over, until ctx ends. The port stays open from one
+// session to the next when it can (see sessionConn); it is closed and
+// opened again after a failed handshake.
 func (a *agent) loop(ctx context.Context) {
 	announced := false
+	var port io.ReadWriteCloser
+	defer func() {
+		if port != nil {
+			port.Close()
+		}
+	}()
 	for ctx.Err() == nil {
-		port, err := a.open()
-		if err != nil {
-			a.log.Error("open agent port", "err", err)
-			sleep(ctx, a.retry)
-			continue
+		if port == nil {
+			p, err := a.open()
+			if err != nil {
+				a.log.Error("open agent port", "err", err)
+				sleep(ctx, a.retry)
+				continue
+			}
+			port = p
 		}
 		if !announced {
 			announced = true
 			a.ready()
 		}
-		a.session(ctx, port)
-		port.Close()
+		a.srv.PortOpened()
+		keep := a.session(ctx, port)
+		a.srv.SessionEnded()
+		if !keep {
+			port.Close()
+			port = nil
+		}
 	}
 }
 
-// session serves one session on port.
-func (a *agent) session(ctx context.Context, port io.ReadWriteCloser) {
+// deadliner is a port whose pending reads and writes a deadline can
+// interrupt (an *os.File the runtime poller holds, a net.Conn).
+type deadliner interface {
+	SetDeadline(t time.Time) error
+}
+
+// sessionConn is the port as a session sees it: closing it interrupts the
+// session's pending reads and writes instead of closing the port, so that
+// the next session runs on the same open port. Right after a restore that
+// saves the resumed guest closing and reopening its virtio-serial port
+// (two control messages through cold code: 10-20 ms under emulation).
+type sessionConn struct {
+	io.ReadWriter
+	d deadliner
+}
+
+func (c sessionConn) Close() error { return c.d.SetDeadline(time.Unix(1, 0)) }
+
+// session serves one session on port. It reports whether port can serve
+// the next one.
+func (a *agent) session(ctx context.Context, port io.ReadWriteCloser) (keep bool) {
+	var conn io.ReadWriteCloser = port
+	d, ok := port.(deadliner)
+	if ok && d.SetDeadline(time.Time{}) == nil {
+		conn = sessionConn{ReadWriter: port, d: d}
+	} else {
+		d = nil
+	}
 	// Closing the port is what interrupts a handshake blocked in a read.
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(hctx, func() { port.Close() })
-	sess, err := proto.ServerHandshake(hctx, port)
+	sess, err := proto.ServerHandshake(hctx, conn)
 	if !stop() || ctx.Err() != nil {
 		if sess != nil {
 			sess.Close()
 		}
-		return
+		return false
 	}
 	if err != nil {
 		if !errors.Is(err, io.EOF) {
 			a.log.Error("agent handshake", "err", err)
 		}
 		sleep(ctx, handshakeRetry)
-		return
+		return false
 	}
 	// The session's end (EOF when the host disconnects, a protocol error
-	// when a restored VM hears a new Hello mid-session) is routine.
-	_ = a.srv.Serve(ctx, sess)
+	// when a restored VM hears a new Hello mid-session) is routine. Serve
+	// closes the session, which waits for its reader and writer to stop.
+	// After EOF the port is opened again (the host comes back to it, or a
+	// test's port is gone for good); after a protocol error the host is
+	// there, sending Hellos: the same port serves the next session.
+	a.srv.SessionReady()
+	err = a.srv.Serve(ctx, sess)
+	return d != nil && ctx.Err() == nil && !errors.Is(err, io.EOF) && d.SetDeadline(time.Time{}) == nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -100,3 +100,55 @@ func TestLoopRetriesOpen(t *testing.T) {
 		t.Fatalf("logged %d times (rate limit):\n%s", n, logs.String())
 	}
 }
+
+// A restored guest hears a new host's Hello in the middle of its old
+// session: that session ends and the next one runs on the same port,
+// without closing and opening it again.
+func TestLoopKeepsPortAfterProtocolError(t *testing.T) {
+	host, guest := net.Pipe()
+	var opens atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agent{
+		srv: newTestServer(t),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		open: func() (io.ReadWriteCloser, error) {
+			if opens.Add(1) > 1 {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return guest, nil
+		},
+		ready: func() {},
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.loop(ctx) }()
+	t.Cleanup(func() { cancel(); host.Close(); <-done })
+
+	hctx, hcancel := context.WithTimeout(ctx, testTimeout)
+	defer hcancel()
+	for i := range 2 {
+		// The second handshake is what a new daemon does after a restore:
+		// its Hellos reach the old session first.
+		sess, err := proto.ClientHandshake(hctx, keepOpen{host})
+		if err != nil {
+			t.Fatalf("handshake %d: %v", i, err)
+		}
+		var pong proto.Pong
+		if err := result(t, sess, proto.Request{Method: proto.MethodPing}, &pong); err != nil {
+			t.Fatalf("ping in session %d: %v", i, err)
+		}
+		// The old daemon goes away without a word (its process ended):
+		// stop its session's reader, keep the connection.
+		host.SetReadDeadline(time.Now())
+		<-sess.CloseChan()
+		host.SetReadDeadline(time.Time{})
+	}
+	if n := opens.Load(); n != 1 {
+		t.Fatalf("port opened %d times, want 1", n)
+	}
+}
+
+// keepOpen is a connection whose Close leaves it open.
+type keepOpen struct{ net.Conn }
+
+func (keepOpen) Close() error { return nil }

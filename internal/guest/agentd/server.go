@@ -50,8 +50,9 @@ type Server struct {
 	mu  sync.Mutex
 	env []string // guarded by mu: set_hostname updates HOSTNAME
 
-	known   *knownLink // guarded by mu: the interface configured last
-	urandom int        // guarded by mu: /dev/urandom's fd plus one; 0: none
+	known   *knownLink     // guarded by mu: the interface configured last
+	hs      handshakeTimes // guarded by mu: the last session change
+	urandom int            // guarded by mu: /dev/urandom's fd plus one; 0: none
 
 	// bulk is the bulk channel, nil when the VM has none.
 	bulk *bulkPort
@@ -60,6 +61,31 @@ type Server struct {
 	// a test can make (tests replace them).
 	signalInit func() error
 	setClock   func(ns int64) error
+}
+
+// handshakeTimes are when the agent's last session ended, when its port
+// was open again and when the next handshake completed: a refresh reports
+// them (a resumed guest's path from its old session to its new one).
+type handshakeTimes struct {
+	ended, opened, ready time.Time
+}
+
+// SessionEnded, PortOpened and SessionReady record the agent's session
+// changes.
+func (s *Server) SessionEnded() { s.markHandshake(func(h *handshakeTimes) { h.ended = time.Now() }) }
+func (s *Server) PortOpened()   { s.markHandshake(func(h *handshakeTimes) { h.opened = time.Now() }) }
+func (s *Server) SessionReady() { s.markHandshake(func(h *handshakeTimes) { h.ready = time.Now() }) }
+
+func (s *Server) markHandshake(f func(*handshakeTimes)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.hs)
+}
+
+func (s *Server) handshakeTimes() handshakeTimes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hs
 }
 
 // New returns a Server.
