@@ -80,6 +80,15 @@ func (m *Manager) resume(ctx context.Context, meta *Metadata) error {
 		meta.StartedAt = &now
 	}
 	meta.StoppedAt, meta.Inherited, meta.InheritedMAC = nil, false, ""
+	// The program was running when the state was saved: a VM resumed from
+	// it has completed its boot (a fork or a snapshot's instance has no
+	// boot of its own to record it; a restarted daemon reads these).
+	if meta.ProgramStartedAt == nil {
+		meta.ProgramStartedAt = &now
+	}
+	if meta.AgentReadyAt == nil && !meta.SkipGuestAgent {
+		meta.AgentReadyAt = &now
+	}
 	if err := saveMetadata(m.paths.InstanceMetadata(meta.ID), meta); err != nil {
 		return err
 	}

@@ -107,6 +107,9 @@ func (m *Manager) bootEvents(id string) events.Summary {
 // bootComplete reports whether the guest reported a complete boot (used
 // when adopting a VM after a daemon restart: its agent answered then).
 func (m *Manager) bootComplete(meta *Metadata) bool {
+	if meta.ProgramStartedAt != nil && (meta.AgentReadyAt != nil || meta.SkipGuestAgent) {
+		return true // recorded for this boot (every new boot clears them)
+	}
 	s := m.bootEvents(meta.ID)
 	return s.ProgramStarted && (s.AgentReady || meta.SkipGuestAgent)
 }
