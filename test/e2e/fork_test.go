@@ -269,6 +269,11 @@ func checkIndependent(t *testing.T, d *daemon, a, b instance) {
 		if !strings.HasPrefix(out, in.Name+"\n"+in.Network.MAC+"\n") || !strings.Contains(out, " "+in.Network.IP+"/") {
 			t.Fatalf("inside %s: %q, want hostname %s, MAC %s, address %s", in.Name, out, in.Name, in.Network.MAC, in.Network.IP)
 		}
+		// No IPv6 address on the network (it is IPv4 only): a link-local
+		// address made from the source's MAC would be a duplicate.
+		if v6 := guestOut(t, d, in.ID, "grep -v ' lo$' /proc/net/if_inet6 || true"); strings.TrimSpace(v6) != "" {
+			t.Fatalf("inside %s: IPv6 addresses on the network interface:\n%s", in.Name, v6)
+		}
 	}
 	for _, in := range []instance{a, b} {
 		body, err := httpGet("http://"+in.Network.IP+"/who", 30*time.Second)

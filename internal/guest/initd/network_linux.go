@@ -38,6 +38,7 @@ func (g *guest) configureNetwork() error {
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return fmt.Errorf("address %s: %w", addr, err)
 	}
+	disableIPv6(link.Attrs().Name)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("link up: %w", err)
 	}
@@ -59,6 +60,20 @@ func (g *guest) configureNetwork() error {
 		}
 	}
 	return nil
+}
+
+// disableIPv6 keeps IPv6 off the instance's interface before it comes up.
+// The network is IPv4 only, and the kernel would give the interface a
+// link-local address made from its MAC, which every fork resumed from this
+// guest's memory would keep: duplicates on the bridge. Loopback keeps ::1.
+// A kernel without IPv6 has no such file, which is fine.
+func disableIPv6(ifname string) {
+	rel := "/proc/sys/net/ipv6/conf/" + ifname + "/disable_ipv6"
+	for _, p := range []string{newRoot + rel, rel} {
+		if err := os.WriteFile(p, []byte("1"), 0o644); err == nil {
+			return
+		}
+	}
 }
 
 func waitForLink(mac string, timeout time.Duration) (netlink.Link, error) {
