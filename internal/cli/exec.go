@@ -30,6 +30,12 @@ func (a *app) execCommand() *cobra.Command {
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Command = args[1:]
+			if opts.Command[0] == "--" { // exec NAME -- CMD...
+				opts.Command = opts.Command[1:]
+			}
+			if len(opts.Command) == 0 {
+				return fmt.Errorf("exec: no command to run in %s", args[0])
+			}
 			if len(env) > 0 {
 				opts.Env = map[string]string{}
 				for _, kv := range env {

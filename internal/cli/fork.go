@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -143,7 +144,11 @@ func (a *app) snapshotCommand() *cobra.Command {
 		Use:   "rm SNAPSHOT...",
 		Short: "Delete snapshots",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: a.eachInstance(func(ctx context.Context, c *oapi.ClientWithResponses, id string) error {
+		RunE: a.eachInstance(func(ctx context.Context, c *oapi.ClientWithResponses, ref string) error {
+			id, err := resolveSnapshot(ctx, c, ref, "")
+			if err != nil {
+				return err
+			}
 			resp, err := c.DeleteSnapshotWithResponse(ctx, id)
 			return check(resp, body(resp), err, 204)
 		}),
@@ -162,7 +167,15 @@ func (a *app) snapshotCommand() *cobra.Command {
 				ts := oapi.TargetState(target)
 				req.TargetState = &ts
 			}
-			resp, err := c.RestoreInstanceSnapshotWithResponse(cmd.Context(), args[0], args[1], req)
+			g, err := c.GetInstanceWithResponse(cmd.Context(), args[0])
+			if err := check(g, body(g), err, 200); err != nil {
+				return err
+			}
+			sid, err := resolveSnapshot(cmd.Context(), c, args[1], g.JSON200.Id)
+			if err != nil {
+				return err
+			}
+			resp, err := c.RestoreInstanceSnapshotWithResponse(cmd.Context(), args[0], sid, req)
 			if err := check(resp, body(resp), err, 200); err != nil {
 				return err
 			}
@@ -184,7 +197,11 @@ func (a *app) snapshotCommand() *cobra.Command {
 				ts := oapi.TargetState(target)
 				req.TargetState = &ts
 			}
-			resp, err := c.ForkSnapshotWithResponse(cmd.Context(), args[0], req)
+			sid, err := resolveSnapshot(cmd.Context(), c, args[0], "")
+			if err != nil {
+				return err
+			}
+			resp, err := c.ForkSnapshotWithResponse(cmd.Context(), sid, req)
 			if err := check(resp, body(resp), err, 201); err != nil {
 				return err
 			}
@@ -194,4 +211,38 @@ func (a *app) snapshotCommand() *cobra.Command {
 	fork.Flags().StringVar(&target, "target-state", "", "Stopped, Standby or Running (default by kind)")
 	cmd.AddCommand(create, ls, rm, restore, fork)
 	return cmd
+}
+
+// resolveSnapshot turns what a user typed into a snapshot ID: an ID, or
+// else a snapshot name (of the instance source when given; names are
+// unique per instance, so a name several instances use must be given
+// with its instance or as an ID).
+func resolveSnapshot(ctx context.Context, c *oapi.ClientWithResponses, ref, source string) (string, error) {
+	g, err := c.GetSnapshotWithResponse(ctx, ref)
+	if err == nil && g.StatusCode() == 200 && (source == "" || g.JSON200.SourceInstanceId == source) {
+		return g.JSON200.Id, nil
+	}
+	params := &oapi.ListSnapshotsParams{Name: &ref}
+	if source != "" {
+		params.SourceInstanceId = &source
+	}
+	l, err := c.ListSnapshotsWithResponse(ctx, params)
+	if err := check(l, body(l), err, 200); err != nil {
+		return "", err
+	}
+	switch snaps := *l.JSON200; len(snaps) {
+	case 1:
+		return snaps[0].Id, nil
+	case 0:
+		if source != "" {
+			return "", fmt.Errorf("instance has no snapshot with ID or name %q", ref)
+		}
+		return "", fmt.Errorf("no snapshot with ID or name %q", ref)
+	default:
+		var from []string
+		for _, s := range snaps {
+			from = append(from, s.SourceInstanceName)
+		}
+		return "", fmt.Errorf("several snapshots are named %q (of %s): give its ID", ref, strings.Join(from, ", "))
+	}
 }

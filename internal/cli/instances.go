@@ -72,14 +72,8 @@ func (a *app) runCommand() *cobra.Command {
 			}
 			inst := resp.JSON201
 			if !detach {
-				st := oapi.InstanceStateRunning
-				timeout := "5m"
-				w, err := c.WaitForInstanceStateWithResponse(ctx, inst.Id, &oapi.WaitForInstanceStateParams{State: st, Timeout: &timeout})
-				if err := check(w, body(w), err, 200); err != nil {
+				if err := waitRunning(ctx, c, inst.Id, inst.Name); err != nil {
 					return err
-				}
-				if w.JSON200.State != st {
-					return fmt.Errorf("instance %s is %s, not Running", inst.Name, w.JSON200.State)
 				}
 			}
 			fmt.Fprintln(a.out, inst.Id)
@@ -241,15 +235,39 @@ func (a *app) stopCommand() *cobra.Command {
 }
 
 func (a *app) startCommand() *cobra.Command {
-	return &cobra.Command{
+	var detach bool
+	cmd := &cobra.Command{
 		Use:   "start INSTANCE...",
-		Short: "Start stopped instances",
+		Short: "Start stopped instances (and wait until they run)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: a.eachInstance(func(ctx context.Context, c *oapi.ClientWithResponses, ref string) error {
 			resp, err := c.StartInstanceWithResponse(ctx, ref, oapi.StartInstanceJSONRequestBody{})
-			return check(resp, body(resp), err, 200)
+			if err := check(resp, body(resp), err, 200); err != nil {
+				return err
+			}
+			if detach {
+				return nil
+			}
+			return waitRunning(ctx, c, resp.JSON200.Id, resp.JSON200.Name)
 		}),
 	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return at once instead of waiting for Running")
+	return cmd
+}
+
+// waitRunning waits until the instance runs (the program started and the
+// guest agent answers), as docker run and start do.
+func waitRunning(ctx context.Context, c *oapi.ClientWithResponses, id, name string) error {
+	st := oapi.InstanceStateRunning
+	timeout := "5m"
+	w, err := c.WaitForInstanceStateWithResponse(ctx, id, &oapi.WaitForInstanceStateParams{State: st, Timeout: &timeout})
+	if err := check(w, body(w), err, 200); err != nil {
+		return err
+	}
+	if w.JSON200.State != st {
+		return fmt.Errorf("instance %s is %s, not Running", name, w.JSON200.State)
+	}
+	return nil
 }
 
 func (a *app) rmCommand() *cobra.Command {

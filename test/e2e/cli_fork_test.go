@@ -42,7 +42,8 @@ func TestCLIForkAndSnapshots(t *testing.T) {
 		t.Fatalf("snapshot ls:\n%s", ls)
 	}
 	run("exec", "cli-src", "sh", "-c", "echo after-snapshot > /var/mark")
-	fromSnap := run("snapshot", "fork", snap, "cli-from-snap")
+	// Snapshots are named by ID or by the name they were given.
+	fromSnap := run("snapshot", "fork", "first", "cli-from-snap")
 	t.Cleanup(func() { d.cli(t, "rm", "-f", "cli-from-snap") })
 	if !strings.Contains(fromSnap, "Running") {
 		t.Fatalf("snapshot fork printed %q", fromSnap)
@@ -51,11 +52,14 @@ func TestCLIForkAndSnapshots(t *testing.T) {
 		t.Fatalf("the snapshot's disk: %q", out)
 	}
 	run("stop", "cli-src")
-	run("snapshot", "restore", "cli-src", snap)
+	run("snapshot", "restore", "cli-src", "first")
 	if out := run("exec", "cli-src", "cat", "/var/mark"); out != "from-source\n" {
 		t.Fatalf("after restoring the snapshot in place: %q", out)
 	}
-	run("snapshot", "rm", snap)
+	if _, err := d.cli(t, "snapshot", "fork", "no-such-snapshot", "cli-nope"); err == nil || !strings.Contains(err.Error(), `no snapshot with ID or name "no-such-snapshot"`) {
+		t.Fatalf("snapshot fork of an unknown name: %v", err)
+	}
+	run("snapshot", "rm", "first")
 	if ls := run("snapshot", "ls"); strings.Contains(ls, snap) {
 		t.Fatalf("snapshot still listed:\n%s", ls)
 	}

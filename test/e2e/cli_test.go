@@ -70,6 +70,10 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("ps -a -o json:\n%s", ps)
 	}
 	run("start", "cli-web")
+	// start waits until the instance runs, as run does: exec works at once.
+	if out := run("exec", "cli-web", "--", "echo", "started"); out != "started\n" {
+		t.Fatalf("exec -- right after start printed %q", out)
+	}
 	run("rm", "-f", "cli-web")
 	if ps := run("ps", "-a"); strings.Contains(ps, "cli-web") {
 		t.Fatalf("rm -f left it:\n%s", ps)
