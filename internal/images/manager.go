@@ -280,6 +280,13 @@ func (m *Manager) lookup(s string, pending bool) (*record, string, error) {
 	if hex, ok := m.refs[r.display]; ok && m.recs[hex] != nil {
 		return m.recs[hex], r.display, nil
 	}
+	// The daemon's own registry has several loopback names: an image
+	// pushed through http://127.0.0.1:4973 is also localhost:4973/...
+	for _, alias := range loopbackAliases(r.display) {
+		if hex, ok := m.refs[alias]; ok && m.recs[hex] != nil {
+			return m.recs[hex], alias, nil
+		}
+	}
 	if pending {
 		if rec := m.newestWanting(r.display); rec != nil {
 			return rec, r.display, nil

@@ -262,6 +262,16 @@ func TestLookupTagDeleteAndDigests(t *testing.T) {
 	reg.open()
 	waitReady(t, m, ref, time.Minute)
 
+	// The same registry by another loopback name (a push through
+	// http://127.0.0.1:P is also localhost:P).
+	other := strings.Replace(ref, "127.0.0.1:", "localhost:", 1)
+	if other == ref {
+		t.Fatalf("test registry %s is not on 127.0.0.1", ref)
+	}
+	if got, err := m.Get(ctx, other); err != nil || got.Digest != img.Digest {
+		t.Errorf("Get(%s) = %+v, %v", other, got, err)
+	}
+
 	alias := reg.host + "/t/alias:prod"
 	if got, err := m.Tag(ctx, ref, alias); err != nil || got.Name != alias || got.Digest != img.Digest {
 		t.Fatalf("Tag = %+v, %v", got, err)

@@ -90,3 +90,31 @@ func IsLoopbackHost(host string) bool {
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
 }
+
+// loopbackAliases returns the other spellings of a reference whose
+// registry is a loopback host (localhost, 127.0.0.1, [::1]; same port),
+// or nil.
+func loopbackAliases(display string) []string {
+	reg, rest, ok := strings.Cut(display, "/")
+	if !ok || !IsLoopbackHost(reg) {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(reg)
+	if err != nil {
+		host, port = strings.Trim(reg, "[]"), ""
+	}
+	var out []string
+	for _, h := range []string{"localhost", "127.0.0.1", "::1"} {
+		if strings.EqualFold(h, host) {
+			continue
+		}
+		alias := h
+		if port != "" {
+			alias = net.JoinHostPort(h, port)
+		} else if h == "::1" {
+			alias = "[::1]"
+		}
+		out = append(out, alias+"/"+rest)
+	}
+	return out
+}
