@@ -121,9 +121,14 @@ func (m *Manager) instanceFromSnapshot(ctx context.Context, meta *Metadata, snap
 	meta.Inherited, meta.InheritedMAC = false, ""
 	if resume {
 		meta.MemoryBase = snap.MemoryBase
-		meta.Inherited, meta.InheritedMAC = true, snap.Source.Network.MAC
-		if snap.Source.Inherited {
-			meta.InheritedMAC = snap.Source.InheritedMAC
+		if !fresh && m.reclaimSnapshotNetwork(ctx, meta, snap) {
+			// Rolled back to its own snapshot with the address and MAC it
+			// had then: the guest's memory holds exactly that identity.
+		} else {
+			meta.Inherited, meta.InheritedMAC = true, snap.Source.Network.MAC
+			if snap.Source.Inherited {
+				meta.InheritedMAC = snap.Source.InheritedMAC
+			}
 		}
 	}
 	undo := func() {
@@ -150,6 +155,29 @@ func (m *Manager) instanceFromSnapshot(ctx context.Context, meta *Metadata, snap
 		undo()
 	}
 	return err
+}
+
+// reclaimSnapshotNetwork gives an instance rolled back in place to one of
+// its own Standby snapshots the address and MAC it had when the snapshot
+// was taken, if they are free. It reports whether it did; if not (taken
+// meanwhile, or the snapshot's guest still carried another instance's
+// identity), the instance gets a new address like a fork.
+func (m *Manager) reclaimSnapshotNetwork(ctx context.Context, meta *Metadata, snap *Snapshot) bool {
+	n := snap.Source.Network
+	if !meta.Network.Enabled || !n.Enabled || n.IP == "" || snap.SourceID != meta.ID || snap.Source.Inherited {
+		return false
+	}
+	n.TAP = tapNameFor(meta.ID)
+	a, err := allocationOf(n)
+	if err != nil {
+		return false
+	}
+	if err := m.net.Reserve(ctx, meta.ID, a); err != nil {
+		m.log.Info("snapshot's address is taken: the instance gets a new one", "id", meta.ID, "ip", n.IP, "err", err)
+		return false
+	}
+	meta.Network = n
+	return true
 }
 
 // writeFromSnapshot writes the instance dir: overlay on the snapshot's

@@ -3,6 +3,7 @@ package e2e
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCLIForkAndSnapshots: standby, restore, fork and the snapshot
@@ -37,6 +38,7 @@ func TestCLIForkAndSnapshots(t *testing.T) {
 		t.Fatalf("in the fork: %q", out)
 	}
 
+	atSnapshot := get(t, d, id).Network
 	snap := strings.TrimSpace(run("snapshot", "create", "--name", "first", "cli-src"))
 	if ls := run("snapshot", "ls", "cli-src"); !strings.Contains(ls, snap) || !strings.Contains(ls, "first") || !strings.Contains(ls, "Standby") {
 		t.Fatalf("snapshot ls:\n%s", ls)
@@ -55,6 +57,18 @@ func TestCLIForkAndSnapshots(t *testing.T) {
 	run("snapshot", "restore", "cli-src", "first")
 	if out := run("exec", "cli-src", "cat", "/var/mark"); out != "from-source\n" {
 		t.Fatalf("after restoring the snapshot in place: %q", out)
+	}
+	// Rolled back with the address and MAC it had then (free again), in
+	// the API and inside the guest.
+	back := get(t, d, id).Network
+	if back.IP != atSnapshot.IP || back.MAC != atSnapshot.MAC {
+		t.Fatalf("in-place restore: network %+v, had %+v at the snapshot", back, atSnapshot)
+	}
+	if out := run("exec", "cli-src", "sh", "-c", "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0"); !strings.HasPrefix(out, back.MAC+"\n") || !strings.Contains(out, " "+back.IP+"/") {
+		t.Fatalf("in-place restore, inside the guest: %q, want %s %s", out, back.MAC, back.IP)
+	}
+	if body, err := httpGet("http://"+back.IP+"/", 30*time.Second); err != nil {
+		t.Fatalf("HTTP to the restored instance at %s: %q %v", back.IP, body, err)
 	}
 	if _, err := d.cli(t, "snapshot", "fork", "no-such-snapshot", "cli-nope"); err == nil || !strings.Contains(err.Error(), `no snapshot with ID or name "no-such-snapshot"`) {
 		t.Fatalf("snapshot fork of an unknown name: %v", err)
