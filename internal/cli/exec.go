@@ -116,7 +116,7 @@ func (a *app) dialWS(ctx context.Context, id, what string) (*websocket.Conn, err
 	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, u, http.Header{"Authorization": {"Bearer " + token}})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, httpError(resp)
+			return nil, instanceErr(id, httpError(resp))
 		}
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -116,5 +117,21 @@ func TestWSURL(t *testing.T) {
 		if got, err := wsURL(base, "a/b", "cp"); err != nil || got != want {
 			t.Errorf("%s: %s %v", base, got, err)
 		}
+	}
+}
+
+func TestInstanceErr(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"resource not found (404 not_found)", `no instance named "web" (or with that ID) (404 not_found)`},
+		{"invalid state transition: cannot fork from state Running (set from_running=true to allow standby+restore flow) (409 invalid_state)",
+			"invalid state transition: cannot fork from state Running (add --from-running to allow standby+restore flow) (409 invalid_state)"},
+		{"instance must be running (409 invalid_state)", "instance must be running (409 invalid_state)"},
+	} {
+		if got := instanceErr("web", errors.New(tc.in)).Error(); got != tc.want {
+			t.Errorf("instanceErr(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if instanceErr("web", nil) != nil {
+		t.Error("nil error became an error")
 	}
 }

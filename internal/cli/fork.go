@@ -55,7 +55,7 @@ func (a *app) forkCommand() *cobra.Command {
 			}
 			resp, err := c.ForkInstanceWithResponse(cmd.Context(), args[0], req)
 			if err := check(resp, body(resp), err, 201); err != nil {
-				return err
+				return instanceErr(args[0], err)
 			}
 			return a.printInstanceLine(resp.JSON201)
 		},

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -184,7 +185,7 @@ func (a *app) logsCommand() *cobra.Command {
 			}
 			defer resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
-				return httpError(resp)
+				return instanceErr(args[0], httpError(resp))
 			}
 			return a.printSSE(resp)
 		},
@@ -212,6 +213,23 @@ func (a *app) printSSE(resp *http.Response) error {
 		fmt.Fprintln(a.out, line)
 	}
 	return sc.Err()
+}
+
+// instanceErr names the instance ref in an error whose message does not
+// (the API's "resource not found" for an unknown instance), and turns the
+// API's hint about from_running into the flag that sets it.
+func instanceErr(ref string, err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	switch {
+	case strings.HasPrefix(msg, "resource not found"):
+		return fmt.Errorf("no instance named %q (or with that ID)%s", ref, strings.TrimPrefix(msg, "resource not found"))
+	case strings.Contains(msg, "set from_running=true"):
+		return errors.New(strings.Replace(msg, "set from_running=true", "add --from-running", 1))
+	}
+	return err
 }
 
 func httpError(resp *http.Response) error {

@@ -74,6 +74,9 @@ func TestCLI(t *testing.T) {
 	if out := run("exec", "cli-web", "--", "echo", "started"); out != "started\n" {
 		t.Fatalf("exec -- right after start printed %q", out)
 	}
+	if _, err := d.cli(t, "exec", "no-such-instance", "true"); err == nil || !strings.Contains(err.Error(), `no instance named "no-such-instance"`) {
+		t.Fatalf("exec in an unknown instance: %v", err)
+	}
 	run("rm", "-f", "cli-web")
 	if ps := run("ps", "-a"); strings.Contains(ps, "cli-web") {
 		t.Fatalf("rm -f left it:\n%s", ps)
