@@ -48,11 +48,12 @@ type Client struct {
 
 	// life ends with Close: it interrupts a connect in progress, which
 	// holds mu.
-	life    context.Context
-	endLife context.CancelFunc
-	mu      sync.Mutex // guards the fields below
-	sess    *yamux.Session
-	closed  bool
+	life     context.Context
+	endLife  context.CancelFunc
+	mu       sync.Mutex // guards the fields below
+	sess     *yamux.Session
+	detached *yamux.Session // a session the guest left (Detach), still connected
+	closed   bool
 }
 
 // Option configures a Client.
@@ -87,6 +88,7 @@ func (c *Client) Close() {
 		c.sess.Close()
 		c.sess = nil
 	}
+	c.dropDetachedLocked()
 	if c.bulk != nil {
 		c.bulk.reset()
 	}
@@ -115,6 +117,9 @@ func (c *Client) session(ctx context.Context) (*yamux.Session, error) {
 		return c.sess, nil
 	}
 	c.sess = nil
+	// The port serves one connection at a time: a session the guest left
+	// must let go of it first (the guest then sees the host reconnect).
+	c.dropDetachedLocked()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(c.life, cancel)()
@@ -206,6 +211,39 @@ func (c *Client) call(ctx context.Context, req proto.Request, out any) error {
 		return fmt.Errorf("agent: %s: %w", req.Method, err)
 	}
 	return nil
+}
+
+// Detach asks the agent to end the current session and wait for the next
+// handshake on its port, as it does after a restore, while the host stays
+// connected (a disconnect would make the guest wait for the host to come
+// back, polling). A VM saved right after resumes straight into its
+// handshake. Without a session there is nothing to detach. The next call
+// connects anew.
+func (c *Client) Detach(ctx context.Context) error {
+	c.mu.Lock()
+	sess := c.sess
+	c.mu.Unlock()
+	if sess == nil || sess.IsClosed() {
+		return nil
+	}
+	if err := c.call(ctx, proto.Request{Method: proto.MethodDetach}, nil); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == sess {
+		c.sess = nil
+		c.dropDetachedLocked()
+		c.detached = sess
+	}
+	return nil
+}
+
+func (c *Client) dropDetachedLocked() {
+	if c.detached != nil {
+		c.detached.Close()
+		c.detached = nil
+	}
 }
 
 // Ping checks that the agent answers.

@@ -39,6 +39,7 @@ func (m *Manager) Restore(ctx context.Context, ref string) (Instance, error) {
 // entropy, and its TAP stays down until the guest has taken them, all
 // before it counts as Running. The caller holds the instance lock.
 func (m *Manager) resume(ctx context.Context, meta *Metadata) error {
+	m.stopWriteBack(meta.ID)
 	dir := m.paths.InstanceStandbyDir(meta.ID)
 	man, err := readManifest(dir)
 	if err != nil {

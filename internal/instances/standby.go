@@ -86,6 +86,7 @@ func (m *Manager) standbyDetachLater(ctx context.Context, meta *Metadata) (detac
 		return detach, err
 	}
 	err = m.runSteps(ctx, "standby", []step{
+		{name: "detach-agent", do: func(ctx context.Context) error { m.detachAgent(ctx, meta); return nil }},
 		{name: "pause", do: snap.Pause, undo: func(ctx context.Context) { _ = snap.Resume(ctx) }},
 		{name: "save-state", do: func(ctx context.Context) error { return m.saveState(ctx, snap, dir) },
 			undo: func(context.Context) { _ = os.RemoveAll(dir) }},
@@ -112,17 +113,60 @@ func (m *Manager) standbyDetachLater(ctx context.Context, meta *Metadata) (detac
 	}, nil
 }
 
+// detachAgent has the guest agent leave its session before the VM is saved,
+// so that the VMs resumed from the state (the restore, every fork) answer
+// their first Hello without tearing an old session down. Best effort: a
+// guest that does not answer in time is saved mid-session, which its
+// resume handles too.
+func (m *Manager) detachAgent(ctx context.Context, meta *Metadata) {
+	if meta.SkipGuestAgent {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if err := m.agentFor(meta.ID, meta.VMMGen).Detach(ctx); err != nil {
+		m.log.Debug("guest agent did not detach before the save", "id", meta.ID, "err", err)
+	}
+}
+
 // writeBackMemory writes a standby instance's RAM file to disk in the
 // background: the guest's pages are in the page cache until then, and a
 // later fork that clones the file (clone.go) would wait for that
-// write-back inside its request.
+// write-back inside its request. A restore stops it (stopWriteBack): its
+// VM would wait for every page it writes that is still in flight.
 func (m *Manager) writeBackMemory(id string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m.mu.Lock()
+	if prev := m.writing[id]; prev != nil {
+		prev()
+	}
+	m.writing[id] = cancel
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.writing, id)
+		m.mu.Unlock()
+	}()
 	start := time.Now()
-	if err := storage.SyncData(m.paths.InstanceMemory(id)); err != nil {
-		m.log.Debug("write back RAM file after standby", "id", id, "err", err)
+	if err := storage.WriteBack(ctx, m.paths.InstanceMemory(id), writeBackChunk); err != nil {
+		m.log.Debug("write back RAM file after standby", "id", id, "err", err, "after", time.Since(start))
 		return
 	}
 	m.log.Debug("RAM file written back after standby", "id", id, "took", time.Since(start))
+}
+
+// writeBackChunk is how much of a RAM file is in flight at a time: 8 MiB
+// take about 25 ms to write here.
+const writeBackChunk = 8 << 20
+
+// stopWriteBack stops the background write-back of id's RAM file.
+func (m *Manager) stopWriteBack(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cancel := m.writing[id]; cancel != nil {
+		cancel()
+	}
 }
 
 // saveState writes the VM's device state into a fresh snapshot dir.

@@ -44,7 +44,7 @@ func TestCrashConsistency(t *testing.T) {
 		return d.do("POST", "/instances/"+src.ID+"/fork", map[string]any{"name": "crash-fork", "from_running": true}, nil)
 	}
 	var cases []tcase
-	for _, s := range []string{"pause", "save-state", "write-manifest"} {
+	for _, s := range []string{"detach-agent", "pause", "save-state", "write-manifest"} {
 		cases = append(cases, tcase{"standby/" + s, "Running", standby, []string{"Running", "Standby"}})
 	}
 	for _, s := range []string{"network", "restore-vm", "guest"} {

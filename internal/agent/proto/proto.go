@@ -67,6 +67,10 @@ const (
 	MethodRefresh = "refresh"
 	// MethodBench streams raw bytes one way or the other, for benchmarks.
 	MethodBench = "bench"
+	// MethodDetach ends the session once answered: the agent waits for
+	// the next handshake on the same port, as after a restore. The host
+	// calls it right before saving a VM whose state it will resume.
+	MethodDetach = "detach"
 )
 
 // WriteMsg writes one frame.

@@ -152,3 +152,56 @@ func TestLoopKeepsPortAfterProtocolError(t *testing.T) {
 type keepOpen struct{ net.Conn }
 
 func (keepOpen) Close() error { return nil }
+
+// Detach ends the session after its answer; the agent waits on the same
+// port for the next Hello, which it answers at once (a VM saved then
+// resumes straight into that handshake).
+func TestDetachThenHandshakeOnSamePort(t *testing.T) {
+	host, guest := net.Pipe()
+	var opens atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agent{
+		srv: newTestServer(t),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		open: func() (io.ReadWriteCloser, error) {
+			if opens.Add(1) > 1 {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return guest, nil
+		},
+		ready: func() {},
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.loop(ctx) }()
+	t.Cleanup(func() { cancel(); host.Close(); <-done })
+
+	hctx, hcancel := context.WithTimeout(ctx, testTimeout)
+	defer hcancel()
+	sess, err := proto.ClientHandshake(hctx, keepOpen{host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := result(t, sess, proto.Request{Method: proto.MethodDetach}, nil); err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	// The guest's session ends: the host's sees no more answers.
+	host.SetReadDeadline(time.Now())
+	<-sess.CloseChan()
+	host.SetReadDeadline(time.Time{})
+	eventually(t, 5*time.Second, "the agent to wait for a new handshake", func() bool {
+		h := a.srv.handshakeTimes()
+		return h.opened.After(h.ready)
+	})
+	sess, err = proto.ClientHandshake(hctx, keepOpen{host})
+	if err != nil {
+		t.Fatalf("handshake after detach: %v", err)
+	}
+	var pong proto.Pong
+	if err := result(t, sess, proto.Request{Method: proto.MethodPing}, &pong); err != nil {
+		t.Fatalf("ping after detach: %v", err)
+	}
+	if n := opens.Load(); n != 1 {
+		t.Fatalf("port opened %d times, want 1", n)
+	}
+}

@@ -43,6 +43,7 @@ type knownLink struct {
 	index int
 	name  string
 	mac   net.HardwareAddr
+	up    bool
 }
 
 func (s *Server) configureLink(r *proto.NetworkRequest, timed timer) error {
@@ -66,11 +67,15 @@ func (s *Server) configureLinkOnce(r *proto.NetworkRequest, timed timer, useKnow
 			return err
 		}
 	}
-	if err := timed("net.up", func() error { return netlink.LinkSetUp(link) }); err != nil {
-		return fmt.Errorf("link up: %w", err)
+	// A clone's link is up already (it was when the guest was saved): a
+	// no-op netlink call is still cold code in a resumed guest.
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := timed("net.up", func() error { return netlink.LinkSetUp(link) }); err != nil {
+			return fmt.Errorf("link up: %w", err)
+		}
 	}
 	a := link.Attrs()
-	s.setKnownLink(&knownLink{index: a.Index, name: a.Name, mac: a.HardwareAddr})
+	s.setKnownLink(&knownLink{index: a.Index, name: a.Name, mac: a.HardwareAddr, up: true})
 	var ip net.IP
 	if r.IP != "" {
 		if err := timed("net.addr", func() (err error) { ip, err = replaceAddress(link, r.IP, r.PrefixLen); return err }); err != nil {
@@ -114,7 +119,11 @@ func (s *Server) findLink(mac string, useKnown bool) (netlink.Link, error) {
 		k := s.known
 		s.mu.Unlock()
 		if want, err := net.ParseMAC(mac); err == nil && k != nil && bytes.Equal(k.mac, want) {
-			return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: k.index, Name: k.name, HardwareAddr: k.mac}}, nil
+			var flags net.Flags
+			if k.up {
+				flags = net.FlagUp
+			}
+			return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: k.index, Name: k.name, HardwareAddr: k.mac, Flags: flags}}, nil
 		}
 	}
 	return findLink(mac)
@@ -125,7 +134,7 @@ func (s *Server) findLink(mac string, useKnown bool) (netlink.Link, error) {
 func (s *Server) rememberLink() {
 	if l, err := findLink(""); err == nil {
 		a := l.Attrs()
-		s.setKnownLink(&knownLink{index: a.Index, name: a.Name, mac: a.HardwareAddr})
+		s.setKnownLink(&knownLink{index: a.Index, name: a.Name, mac: a.HardwareAddr, up: a.Flags&net.FlagUp != 0})
 	}
 }
 
@@ -168,15 +177,16 @@ func setMAC(link netlink.Link, mac string) (netlink.Link, error) {
 	if bytes.Equal(link.Attrs().HardwareAddr, hw) {
 		return link, nil
 	}
+	a := *link.Attrs()
 	if err := netlink.LinkSetHardwareAddr(link, hw); err != nil {
 		if derr := netlink.LinkSetDown(link); derr != nil {
 			return nil, fmt.Errorf("set MAC %s: %w", hw, err)
 		}
+		a.Flags &^= net.FlagUp
 		if err := netlink.LinkSetHardwareAddr(link, hw); err != nil {
 			return nil, fmt.Errorf("set MAC %s: %w", hw, err)
 		}
 	}
-	a := *link.Attrs()
 	a.HardwareAddr = hw
 	return &netlink.Device{LinkAttrs: a}, nil
 }

@@ -124,6 +124,7 @@ func New(cfg Config) *Server {
 // them. It returns the reason the session ended.
 func (s *Server) Serve(ctx context.Context, sess *yamux.Session) error {
 	ctx, cancel := context.WithCancel(ctx)
+	ctx = context.WithValue(ctx, endSessionKey{}, cancel)
 	var wg sync.WaitGroup
 	defer func() {
 		cancel()
@@ -182,6 +183,8 @@ func route(method string) handler {
 		return (*Server).refresh
 	case proto.MethodBench:
 		return (*Server).bench
+	case proto.MethodDetach:
+		return (*Server).detach
 	}
 	return nil
 }
@@ -223,6 +226,24 @@ func sendResult(w io.Writer, v any) error {
 
 func errMissing(method string) error {
 	return fmt.Errorf("%s: request has no %s part", method, method)
+}
+
+// endSessionKey carries, in a call's context, the function that ends the
+// session the call came in.
+type endSessionKey struct{}
+
+// detach answers, then ends the session: the agent goes back to waiting
+// for a Hello on the same open port. A VM saved in that state resumes
+// straight into its handshake instead of first tearing an old session
+// down (under emulation, tens of milliseconds of cold code).
+func (s *Server) detach(ctx context.Context, st io.ReadWriter, _ *proto.Request) error {
+	if err := sendResult(st, nil); err != nil {
+		return err
+	}
+	if end, ok := ctx.Value(endSessionKey{}).(context.CancelFunc); ok {
+		end()
+	}
+	return nil
 }
 
 func (s *Server) ping(_ context.Context, st io.ReadWriter, _ *proto.Request) error {
