@@ -87,11 +87,8 @@ func Clone(src, dst string) error {
 // VM started on the file meanwhile should not find a whole file's worth of
 // it in flight. A missing file is not an error.
 func WriteBack(ctx context.Context, path string, chunk int64) error {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	f, err := openIfExists(path)
+	if f == nil {
 		return err
 	}
 	defer f.Close()
@@ -117,13 +114,22 @@ func WriteBack(ctx context.Context, path string, chunk int64) error {
 // SyncData writes back the dirty pages of path (fdatasync). A missing file
 // is not an error.
 func SyncData(path string) error {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	f, err := openIfExists(path)
+	if f == nil {
 		return err
 	}
 	defer f.Close()
 	return unix.Fdatasync(int(f.Fd()))
+}
+
+// openIfExists opens path for reading; a missing file is (nil, nil).
+func openIfExists(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }

@@ -17,15 +17,7 @@ import (
 // works.
 func TestCrashConsistency(t *testing.T) {
 	t.Parallel()
-	d := newDaemon(t, "crash")
-	out, err := d.cli(t, "push", imageTar(t, "busybox"), "demo:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := strings.SplitN(strings.TrimSpace(out), "@", 2)[0] + ":latest"
-	if err := waitImageReady(d, img); err != nil {
-		t.Fatal(err)
-	}
+	d, img := daemonWithDemo(t, "crash")
 	src := create(t, d, map[string]any{"name": "crash-src", "image": img, "entrypoint": []string{"/bin/sh", "-c", counterScript}})
 	waitState(t, d, src.ID, "Running")
 

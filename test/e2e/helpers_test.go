@@ -227,3 +227,19 @@ func eventually(d time.Duration, cond func() bool) bool {
 		}
 	}
 }
+
+// daemonWithDemo starts a daemon of the test's own (one it may kill and
+// restart) with the busybox demo image pushed and ready.
+func daemonWithDemo(t *testing.T, name string) (*daemon, string) {
+	t.Helper()
+	d := newDaemon(t, name)
+	out, err := d.cli(t, "push", imageTar(t, "busybox"), "demo:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := strings.SplitN(strings.TrimSpace(out), "@", 2)[0] + ":latest"
+	if err := waitImageReady(d, img); err != nil {
+		t.Fatal(err)
+	}
+	return d, img
+}

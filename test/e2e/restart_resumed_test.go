@@ -12,15 +12,7 @@ import (
 // Running by a restarted daemon and answer exec.
 func TestResumedInstancesSurviveDaemonRestart(t *testing.T) {
 	t.Parallel()
-	d := newDaemon(t, "restart-resumed")
-	out, err := d.cli(t, "push", imageTar(t, "busybox"), "demo:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := strings.SplitN(strings.TrimSpace(out), "@", 2)[0] + ":latest"
-	if err := waitImageReady(d, img); err != nil {
-		t.Fatal(err)
-	}
+	d, img := daemonWithDemo(t, "restart-resumed")
 	src := create(t, d, map[string]any{"name": "rr-src", "image": img, "entrypoint": []string{"/bin/sh", "-c", counterScript}})
 	waitState(t, d, src.ID, "Running")
 	post(t, d, "/instances/"+src.ID+"/standby", nil, 200)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"os"
-	"strings"
 	"testing"
 	"time"
 )
@@ -13,15 +12,7 @@ import (
 // the exit of the one that ended while no daemon watched.
 func TestDaemonKilledAndRestarted(t *testing.T) {
 	t.Parallel()
-	d := newDaemon(t, "restart")
-	out, err := d.cli(t, "push", imageTar(t, "busybox"), "demo:latest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := strings.SplitN(strings.TrimSpace(out), "@", 2)[0] + ":latest"
-	if err := waitImageReady(d, img); err != nil {
-		t.Fatal(err)
-	}
+	d, img := daemonWithDemo(t, "restart")
 	keeps := create(t, d, map[string]any{"name": "keeps-running", "image": img})
 	ends := create(t, d, map[string]any{"name": "ends-later", "image": img,
 		"cmd": []string{"/bin/sh", "-c", "echo started; sleep 25; exit 7"}})

@@ -105,26 +105,8 @@ func TestLoopRetriesOpen(t *testing.T) {
 // session: that session ends and the next one runs on the same port,
 // without closing and opening it again.
 func TestLoopKeepsPortAfterProtocolError(t *testing.T) {
-	host, guest := net.Pipe()
-	var opens atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &agent{
-		srv: newTestServer(t),
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		open: func() (io.ReadWriteCloser, error) {
-			if opens.Add(1) > 1 {
-				<-ctx.Done()
-				return nil, ctx.Err()
-			}
-			return guest, nil
-		},
-		ready: func() {},
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); a.loop(ctx) }()
-	t.Cleanup(func() { cancel(); host.Close(); <-done })
-
-	hctx, hcancel := context.WithTimeout(ctx, testTimeout)
+	_, host, opens := onePortAgent(t)
+	hctx, hcancel := context.WithTimeout(context.Background(), testTimeout)
 	defer hcancel()
 	for i := range 2 {
 		// The second handshake is what a new daemon does after a restore:
@@ -157,26 +139,8 @@ func (keepOpen) Close() error { return nil }
 // port for the next Hello, which it answers at once (a VM saved then
 // resumes straight into that handshake).
 func TestDetachThenHandshakeOnSamePort(t *testing.T) {
-	host, guest := net.Pipe()
-	var opens atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &agent{
-		srv: newTestServer(t),
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		open: func() (io.ReadWriteCloser, error) {
-			if opens.Add(1) > 1 {
-				<-ctx.Done()
-				return nil, ctx.Err()
-			}
-			return guest, nil
-		},
-		ready: func() {},
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); a.loop(ctx) }()
-	t.Cleanup(func() { cancel(); host.Close(); <-done })
-
-	hctx, hcancel := context.WithTimeout(ctx, testTimeout)
+	a, host, opens := onePortAgent(t)
+	hctx, hcancel := context.WithTimeout(context.Background(), testTimeout)
 	defer hcancel()
 	sess, err := proto.ClientHandshake(hctx, keepOpen{host})
 	if err != nil {
@@ -204,4 +168,29 @@ func TestDetachThenHandshakeOnSamePort(t *testing.T) {
 	if n := opens.Load(); n != 1 {
 		t.Fatalf("port opened %d times, want 1", n)
 	}
+}
+
+// onePortAgent runs the port loop of an agent whose port is one end of a
+// pipe (opening it again blocks until the test ends); it returns the
+// agent, the host's end and the count of opens.
+func onePortAgent(t *testing.T) (*agent, net.Conn, *atomic.Int32) {
+	host, guest := net.Pipe()
+	opens := new(atomic.Int32)
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agent{
+		srv: newTestServer(t),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		open: func() (io.ReadWriteCloser, error) {
+			if opens.Add(1) > 1 {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return guest, nil
+		},
+		ready: func() {},
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.loop(ctx) }()
+	t.Cleanup(func() { cancel(); host.Close(); <-done })
+	return a, host, opens
 }
