@@ -57,12 +57,29 @@ func (a *app) forkCommand() *cobra.Command {
 			if err := check(resp, body(resp), err, 201); err != nil {
 				return instanceErr(args[0], err)
 			}
-			return a.printInstanceLine(resp.JSON201)
+			return a.printSettled(cmd.Context(), c, resp.JSON201)
 		},
 	}
 	cmd.Flags().BoolVar(&fromRunning, "from-running", false, "allow forking a Running source (it keeps running)")
 	cmd.Flags().StringVar(&target, "target-state", "", "Stopped, Standby or Running (default: the source's state)")
 	return cmd
+}
+
+// printSettled prints an instance a fork or restore made, once it runs if
+// it is still booting (a fork of a Stopped source, an instance made from a
+// disk-only snapshot), as run and start do.
+func (a *app) printSettled(ctx context.Context, c *oapi.ClientWithResponses, in *oapi.Instance) error {
+	if in != nil && in.State == oapi.InstanceStateInitializing {
+		if err := waitRunning(ctx, c, in.Id, in.Name); err != nil {
+			return err
+		}
+		g, err := c.GetInstanceWithResponse(ctx, in.Id)
+		if err := check(g, body(g), err, 200); err != nil {
+			return err
+		}
+		in = g.JSON200
+	}
+	return a.printInstanceLine(in)
 }
 
 // printInstanceLine prints an instance as JSON (-o json) or its ID and state.
@@ -179,7 +196,7 @@ func (a *app) snapshotCommand() *cobra.Command {
 			if err := check(resp, body(resp), err, 200); err != nil {
 				return err
 			}
-			return a.printInstanceLine(resp.JSON200)
+			return a.printSettled(cmd.Context(), c, resp.JSON200)
 		},
 	}
 	restore.Flags().StringVar(&target, "target-state", "", "Stopped, Standby or Running (default by kind)")
@@ -205,7 +222,7 @@ func (a *app) snapshotCommand() *cobra.Command {
 			if err := check(resp, body(resp), err, 201); err != nil {
 				return err
 			}
-			return a.printInstanceLine(resp.JSON201)
+			return a.printSettled(cmd.Context(), c, resp.JSON201)
 		},
 	}
 	fork.Flags().StringVar(&target, "target-state", "", "Stopped, Standby or Running (default by kind)")

@@ -54,6 +54,15 @@ func TestCLIForkAndSnapshots(t *testing.T) {
 		t.Fatalf("the snapshot's disk: %q", out)
 	}
 	run("stop", "cli-src")
+	// A fork of a Stopped source boots: the CLI answers once it runs.
+	cold := strings.Fields(run("fork", "--target-state", "Running", "cli-src", "cli-cold"))
+	t.Cleanup(func() { d.cli(t, "rm", "-f", "cli-cold") })
+	if len(cold) < 3 || cold[2] != "Running" {
+		t.Fatalf("fork of a Stopped source printed %q", cold)
+	}
+	if out := run("exec", "cli-cold", "hostname"); out != "cli-cold\n" {
+		t.Fatalf("exec right after the fork of a Stopped source: %q", out)
+	}
 	run("snapshot", "restore", "cli-src", "first")
 	if out := run("exec", "cli-src", "cat", "/var/mark"); out != "from-source\n" {
 		t.Fatalf("after restoring the snapshot in place: %q", out)

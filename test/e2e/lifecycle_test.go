@@ -53,6 +53,10 @@ func TestLifecycle(t *testing.T) {
 	if stopped.Network.IP != "" || tapExists(tapName(in.ID)) || qemuRunning(in.ID) {
 		t.Fatalf("stop left network %+v, TAP %v, QEMU %v", stopped.Network, tapExists(tapName(in.ID)), qemuRunning(in.ID))
 	}
+	// The app log is the program's output: no kernel line from the power-off.
+	if log := appLog(t, d, in.ID); strings.Contains(log, "Power down") || strings.Contains(log, "reboot:") {
+		t.Fatalf("kernel lines in the app log after stop:\n%s", log)
+	}
 
 	var started instance
 	if st, raw := d.do("POST", "/instances/"+in.ID+"/start", nil, &started); st != 200 {

@@ -152,6 +152,9 @@ func powerOff() {
 	unix.Sync()
 	const syslogActionConsoleOff = 6
 	_, _ = unix.Klogctl(syslogActionConsoleOff, nil)
+	// Console off still lets emergency messages through, and the kernel's
+	// "reboot: Power down" is one: it would end up in the app log.
+	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("0"), 0o644)
 	for {
 		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		time.Sleep(time.Second)
