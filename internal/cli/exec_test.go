@@ -135,3 +135,16 @@ func TestInstanceErr(t *testing.T) {
 		t.Error("nil error became an error")
 	}
 }
+
+func TestCheckName(t *testing.T) {
+	for _, ok := range []string{"web", "web-2", "a", "0abc"} {
+		if err := checkName(ok); err != nil {
+			t.Errorf("checkName(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "webX", "-web", "web-", "we_b", strings.Repeat("a", 64)} {
+		if err := checkName(bad); err == nil || !strings.Contains(err.Error(), "lowercase letters, digits and dashes") {
+			t.Errorf("checkName(%q) = %v", bad, err)
+		}
+	}
+}

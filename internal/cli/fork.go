@@ -48,6 +48,9 @@ func (a *app) forkCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkName(args[1]); err != nil {
+				return err
+			}
 			req := oapi.ForkInstanceRequest{Name: args[1], FromRunning: &fromRunning}
 			if target != "" {
 				ts := oapi.TargetState(target)
@@ -207,6 +210,9 @@ func (a *app) snapshotCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, _, err := a.client()
 			if err != nil {
+				return err
+			}
+			if err := checkName(args[1]); err != nil {
 				return err
 			}
 			req := oapi.ForkSnapshotRequest{Name: args[1]}

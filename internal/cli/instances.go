@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -35,6 +36,8 @@ func (a *app) runCommand() *cobra.Command {
 			req := oapi.CreateInstanceRequest{Name: name, Image: args[0]}
 			if name == "" {
 				req.Name = defaultName(args[0])
+			} else if err := checkName(name); err != nil {
+				return err
 			}
 			if len(args) > 1 {
 				req.Cmd = args[1:]
@@ -92,6 +95,18 @@ func (a *app) runCommand() *cobra.Command {
 	f.BoolVar(&noNetwork, "no-network", false, "start without a network interface")
 	f.BoolVarP(&detach, "detach", "d", false, "return at once instead of waiting for Running")
 	return cmd
+}
+
+// instanceName is what the API accepts as an instance name.
+var instanceName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+// checkName says in plain words why the API would refuse name (it
+// answers with its schema's regular expression).
+func checkName(name string) error {
+	if len(name) > 63 || !instanceName.MatchString(name) {
+		return fmt.Errorf("invalid instance name %q: use 1-63 lowercase letters, digits and dashes, not at either end", name)
+	}
+	return nil
 }
 
 // defaultName makes an instance name from an image reference:

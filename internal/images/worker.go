@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -258,6 +259,12 @@ func registryError(what string, err error) error {
 			reason := http.StatusText(terr.StatusCode)
 			if len(terr.Errors) > 0 {
 				reason = string(terr.Errors[0].Code)
+			}
+			if host, _, _ := strings.Cut(what, "/"); terr.StatusCode == http.StatusUnauthorized && IsLoopbackHost(host) {
+				// Most likely this daemon's own registry, which the image
+				// store asks without a token: the image was never pushed.
+				return errdefs.Newf(errdefs.ErrNotFound, "not_found",
+					"image %s not found: nothing by that name was pushed to this daemon (and the registry at %s wants credentials)", what, host)
 			}
 			return errdefs.Newf(errdefs.ErrNotFound, "not_found", "image %s not found (registry said %s)", what, reason)
 		}
