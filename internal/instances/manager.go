@@ -120,9 +120,9 @@ type Manager struct {
 	locks   map[string]*sync.Mutex
 	vms     map[string]*runningVM
 	agents  map[string]agentClient
-	names   map[string]bool               // names reserved by creates in flight
-	writing map[string]context.CancelFunc // RAM files being written back (standby.go)
-	changed chan struct{}                 // closed and replaced on every state change
+	names   map[string]bool       // names reserved by creates in flight
+	writing map[string]*writeBack // RAM files being written back (standby.go)
+	changed chan struct{}         // closed and replaced on every state change
 	closed  bool
 
 	gcMu sync.Mutex // serializes garbage collection
@@ -159,7 +159,7 @@ func New(cfg Config, p *paths.Paths, images ImageSource, nw Network,
 		cfg: cfg, paths: p, images: images, net: nw, hvs: hvs, clone: clone,
 		storage: storage.New(p.OverlayTemplateDir()), log: log,
 		locks: map[string]*sync.Mutex{}, vms: map[string]*runningVM{}, agents: map[string]agentClient{},
-		writing: map[string]context.CancelFunc{},
+		writing: map[string]*writeBack{},
 		names:   map[string]bool{}, changed: make(chan struct{}), stop: make(chan struct{}),
 	}, nil
 }

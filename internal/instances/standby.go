@@ -137,15 +137,18 @@ func (m *Manager) detachAgent(ctx context.Context, meta *Metadata) {
 func (m *Manager) writeBackMemory(id string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	wb := &writeBack{cancel: cancel}
 	m.mu.Lock()
 	if prev := m.writing[id]; prev != nil {
-		prev()
+		prev.cancel()
 	}
-	m.writing[id] = cancel
+	m.writing[id] = wb
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
-		delete(m.writing, id)
+		if m.writing[id] == wb { // not a later standby's
+			delete(m.writing, id)
+		}
 		m.mu.Unlock()
 	}()
 	start := time.Now()
@@ -156,6 +159,9 @@ func (m *Manager) writeBackMemory(id string) {
 	m.log.Debug("RAM file written back after standby", "id", id, "took", time.Since(start))
 }
 
+// writeBack is one running writeBackMemory.
+type writeBack struct{ cancel context.CancelFunc }
+
 // writeBackChunk is how much of a RAM file is in flight at a time: 8 MiB
 // take about 25 ms to write here.
 const writeBackChunk = 8 << 20
@@ -164,8 +170,8 @@ const writeBackChunk = 8 << 20
 func (m *Manager) stopWriteBack(id string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cancel := m.writing[id]; cancel != nil {
-		cancel()
+	if wb := m.writing[id]; wb != nil {
+		wb.cancel()
 	}
 }
 
