@@ -60,14 +60,7 @@ func shared(t *testing.T) (*daemon, string) {
 		if sharedErr != nil {
 			return
 		}
-		out, err := sharedD.cli(t, "push", imageTar(t, "busybox"), demoImageTag)
-		if err != nil {
-			sharedErr = err
-			return
-		}
-		ref, _, _ := strings.Cut(strings.TrimSpace(out), "@")
-		sharedImage = ref + ":latest"
-		sharedErr = waitImageReady(sharedD, sharedImage)
+		sharedImage, sharedErr = pushDemo(t, sharedD)
 	})
 	if sharedErr != nil {
 		t.Fatalf("shared daemon: %v", sharedErr)
@@ -233,13 +226,21 @@ func eventually(d time.Duration, cond func() bool) bool {
 func daemonWithDemo(t *testing.T, name string) (*daemon, string) {
 	t.Helper()
 	d := newDaemon(t, name)
-	out, err := d.cli(t, "push", imageTar(t, "busybox"), "demo:latest")
+	img, err := pushDemo(t, d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := strings.SplitN(strings.TrimSpace(out), "@", 2)[0] + ":latest"
-	if err := waitImageReady(d, img); err != nil {
-		t.Fatal(err)
-	}
 	return d, img
+}
+
+// pushDemo pushes the busybox demo image to d and returns its name (in
+// d's registry, tag latest) once it is ready to run.
+func pushDemo(t *testing.T, d *daemon) (string, error) {
+	out, err := d.cli(t, "push", imageTar(t, "busybox"), demoImageTag)
+	if err != nil {
+		return "", err
+	}
+	ref, _, _ := strings.Cut(strings.TrimSpace(out), "@")
+	img := ref + ":latest"
+	return img, waitImageReady(d, img)
 }

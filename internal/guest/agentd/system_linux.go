@@ -49,9 +49,6 @@ func (s *Server) setHostname(_ context.Context, st io.ReadWriter, req *proto.Req
 }
 
 func (s *Server) applyHostname(name string) error {
-	if name == "" || len(name) > hostNameMax {
-		return fmt.Errorf("set_hostname: invalid hostname %q", name)
-	}
 	if err := s.setKernelHostname(name); err != nil {
 		return err
 	}
